@@ -1,0 +1,140 @@
+"""Stateless packed-window loader: the batch for step s is a pure function of (seed, s).
+
+Training rows are windows of `seq_len` tokens starting at offsets drawn uniformly from the
+flat token stream (documents separated by EOS), so packing needs no preprocessing and resume
+needs no iterator state: restoring the step restores the data position. Every host draws the
+same global offsets and reads only its own rows, lazily when the source is a tensorstore array.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import tensorstore as ts
+
+Batch = dict[str, np.ndarray]
+
+
+def segment_ids_and_positions(tokens: np.ndarray, eos_id: int,
+                              doc_positions: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Segment ids (+1 after each EOS, from 0) and positions for rows `tokens` [rows, len].
+
+  Positions are 0..len-1, or restart at 0 at each segment start when `doc_positions`.
+  """
+  rows, length = tokens.shape
+  is_eos = (tokens == eos_id).astype(np.int32)
+  # An EOS belongs to the document it ends; the next token opens a new segment.
+  segment_ids = np.cumsum(is_eos, axis=1, dtype=np.int32) - is_eos
+  idx = np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length))
+  if not doc_positions:
+    return segment_ids, np.array(idx)
+  is_start = np.zeros_like(is_eos, dtype=bool)
+  is_start[:, 0] = True
+  is_start[:, 1:] = is_eos[:, :-1] == 1
+  start = np.maximum.accumulate(np.where(is_start, idx, 0), axis=1)
+  return segment_ids, (idx - start).astype(np.int32)
+
+
+class TokenLoader:
+  """Batches of packed windows over a flat token array.
+
+  Args:
+    source: 1-D integer token array, in memory (np.ndarray) or a tensorstore array.
+    seq_len: tokens per row.
+    global_batch: rows per step summed over all processes.
+    seed: data seed (non-negative).
+    eos_id: document separator, used for segment ids.
+    process_index, process_count: this host's rows are
+      [process_index * local_batch, (process_index + 1) * local_batch) of the global batch.
+    doc_positions: positions restart at each document instead of running 0..seq_len-1.
+  """
+
+  def __init__(self, source: np.ndarray | ts.TensorStore, seq_len: int, global_batch: int,
+               seed: int, *, eos_id: int, process_index: int = 0, process_count: int = 1,
+               doc_positions: bool = False):
+    if isinstance(source, ts.TensorStore):
+      if source.rank != 1:
+        raise ValueError(f"source must be 1-D, got rank {source.rank}")
+      source = source.translate_to[0]  # Sliced views keep their origin; reads assume 0.
+    else:
+      source = np.asarray(source)
+      if source.ndim != 1 or not np.issubdtype(source.dtype, np.integer):
+        raise ValueError(f"source must be a 1-D integer array, got {source.dtype}"
+                         f"{list(source.shape)}")
+      source = source.astype(np.int32, copy=False)
+    self.num_tokens = int(source.shape[0])
+    if seq_len <= 0 or seq_len > self.num_tokens:
+      raise ValueError(f"seq_len must be in [1, num_tokens={self.num_tokens}], got {seq_len}")
+    if process_count <= 0 or not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} must be in [0, process_count="
+                       f"{process_count})")
+    if global_batch <= 0 or global_batch % process_count:
+      raise ValueError(f"global_batch={global_batch} must be a positive multiple of "
+                       f"process_count={process_count}")
+    if seed < 0:
+      raise ValueError(f"seed must be >= 0, got {seed}")
+    self.source, self.seq_len, self.global_batch, self.seed = source, seq_len, global_batch, seed
+    self.eos_id, self.doc_positions = eos_id, doc_positions
+    self.process_index, self.process_count = process_index, process_count
+    self.local_batch = global_batch // process_count
+
+  def offsets(self, step: int) -> np.ndarray:
+    """Start offsets of all `global_batch` rows of `step` [global_batch] int64."""
+    if step < 0:
+      raise ValueError(f"step must be >= 0, got {step}")
+    rng = np.random.default_rng([self.seed, step])
+    return rng.integers(0, self.num_tokens - self.seq_len + 1, size=self.global_batch)
+
+  def _local(self, global_offsets: np.ndarray) -> np.ndarray:
+    lo = self.process_index * self.local_batch
+    return global_offsets[lo:lo + self.local_batch]
+
+  def _read_rows(self, starts: np.ndarray) -> np.ndarray:
+    """Windows [len(starts), seq_len] int32 starting at `starts`."""
+    if isinstance(self.source, np.ndarray):
+      return self.source[starts[:, None] + np.arange(self.seq_len)]
+    # Issue every read before waiting so tensorstore can fetch them concurrently.
+    futures = [self.source[int(s):int(s) + self.seq_len].read() for s in starts]
+    rows = [f.result() for f in futures]
+    return np.stack(rows).astype(np.int32, copy=False) if rows else np.zeros(
+        [0, self.seq_len], np.int32)
+
+  def _make_batch(self, starts: np.ndarray) -> Batch:
+    tokens = self._read_rows(starts)
+    segment_ids, positions = segment_ids_and_positions(tokens, self.eos_id,
+                                                       self.doc_positions)
+    return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
+
+  def batch(self, step: int) -> Batch:
+    """This host's rows of training step `step`: tokens, segment_ids, positions [rows, len]."""
+    return self._make_batch(self._local(self.offsets(step)))
+
+  @property
+  def num_eval_batches(self) -> int:
+    """How many full batches of non-overlapping windows the source holds."""
+    return self.num_tokens // self.seq_len // self.global_batch
+
+  def eval_batches(self, num_batches: int | None = None) -> Iterator[Batch]:
+    """Deterministic batches of non-overlapping windows, in order from the start.
+
+    Args:
+      num_batches: how many (None = all full batches, `num_eval_batches`).
+    """
+    available = self.num_eval_batches
+    if num_batches is None:
+      num_batches = available
+    if available == 0 or not 0 <= num_batches <= available:
+      raise ValueError(f"num_batches={num_batches} must be in [0, {available}] and the source "
+                       f"must hold a full batch: it has {self.num_tokens} tokens, "
+                       f"{self.seq_len * self.global_batch} per batch")
+    return self._eval_iter(num_batches)
+
+  def _eval_iter(self, num_batches: int) -> Iterator[Batch]:
+    for b in range(num_batches):
+      window = np.arange(b * self.global_batch, (b + 1) * self.global_batch)
+      yield self._make_batch(self._local(window * self.seq_len))
+
+  def __repr__(self) -> str:
+    return (f"TokenLoader(num_tokens={self.num_tokens}, seq_len={self.seq_len}, "
+            f"global_batch={self.global_batch}, seed={self.seed}, "
+            f"process={self.process_index}/{self.process_count})")

@@ -1,0 +1,126 @@
+"""Building blocks of the Llama/Qwen2-family decoder: RMSNorm, RoPE, GQA attention, SwiGLU.
+
+Every parameter carries logical axis names (``nn.with_logical_partitioning``) so the sharding
+rule table in the config maps them onto the mesh. Parameters are fp32; compute runs in
+``config.dtype`` (bf16 by default) with fp32 softmax, norms and RoPE.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bdiff import attention as attention_lib
+
+Array = jax.Array
+
+
+def _init(axes: tuple[str, ...], scale: float = 1.0, fan_in_axes=(0,)):
+  init = nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal",
+                                          in_axis=fan_in_axes)
+  return nn.with_logical_partitioning(init, axes)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square layer norm (Zhang & Sennrich 2019), computed in fp32."""
+  eps: float = 1e-6
+  axis_name: str = "embed"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
+                                                              (self.axis_name,)),
+                       (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * scale).astype(self.dtype)
+
+
+def apply_rope(x: Array, positions: Array, theta: float) -> Array:
+  """Rotary embedding (Su et al. 2021), rotate-half layout as in Llama/Qwen2.
+
+  Args:
+    x: [b, l, heads, head_dim].
+    positions: [b, l] explicit integer positions. Two-stream training passes the same
+      positions 0..n-1 for both halves (block_diffusion.md §3.4), never the physical index.
+  """
+  half = x.shape[-1] // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [half]
+  angle = positions.astype(jnp.float32)[..., None] * freq  # [b, l, half]
+  sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention with optional qk-norm and an optional prefix KV cache."""
+  config: Any
+  static_mask: Any = None  # a bdiff.masks object (hashable), or None
+
+  @nn.compact
+  def __call__(self, x, positions, dyn_mask=None, segment_ids=None, cache=None):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    dense = lambda feats, axes, name: nn.DenseGeneral(  # noqa: E731
+        feats, axis=-1, use_bias=cfg.qkv_bias, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=_init(axes), name=name)
+    q = dense((cfg.n_heads, cfg.head_dim), ("embed", "heads", "head_dim"), "q")(x)
+    k = dense((cfg.n_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "k")(x)
+    v = dense((cfg.n_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "v")(x)
+    if cfg.qk_norm:
+      q = RMSNorm(cfg.norm_eps, "head_dim", dtype, name="q_norm")(q)
+      k = RMSNorm(cfg.norm_eps, "head_dim", dtype, name="k_norm")(k)
+    q = apply_rope(q, positions, cfg.rope_theta)
+    k = apply_rope(k, positions, cfg.rope_theta)
+    new_kv = (k, v)  # post-RoPE keys at absolute positions: what a cache stores
+    if cache is not None:
+      k = jnp.concatenate([cache[0].astype(k.dtype), k], axis=1)
+      v = jnp.concatenate([cache[1].astype(v.dtype), v], axis=1)
+    mask = self.static_mask if dyn_mask is None else dyn_mask
+    out = attention_lib.attend(q, k, v, mask, impl=cfg.attention_impl,
+                               segment_ids=segment_ids)
+    out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=False, dtype=dtype,
+                          param_dtype=jnp.float32,
+                          kernel_init=_init(("heads", "head_dim", "embed"),
+                                            fan_in_axes=(0, 1)),
+                          name="o")(out)
+    return out, new_kv
+
+
+class SwiGLU(nn.Module):
+  """Gated MLP of Llama/Qwen2 (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+  config: Any
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    proj = lambda feats, axes, name: nn.DenseGeneral(  # noqa: E731
+        feats, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=_init(axes), name=name)
+    gate = proj(cfg.mlp_dim, ("embed", "mlp"), "gate")(x)
+    up = proj(cfg.mlp_dim, ("embed", "mlp"), "up")(x)
+    h = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    return proj(cfg.d_model, ("mlp", "embed"), "down")(h)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm residual layer. Signature ``(carry, *xs) -> (carry, ys)`` so it can be scanned."""
+  config: Any
+  static_mask: Any = None
+
+  @nn.compact
+  def __call__(self, x, positions, dyn_mask, segment_ids, cache):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    h = RMSNorm(cfg.norm_eps, dtype=dtype, name="attn_norm")(x)
+    h, new_kv = Attention(cfg, self.static_mask, name="attn")(
+        h, positions, dyn_mask, segment_ids, cache)
+    x = x + h
+    x = x + SwiGLU(cfg, name="mlp")(RMSNorm(cfg.norm_eps, dtype=dtype, name="mlp_norm")(x))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return x, new_kv

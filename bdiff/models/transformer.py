@@ -1,0 +1,205 @@
+"""The bdiff decoder: a Llama/Qwen2-family transformer with a [MASK] token.
+
+One network serves every block size. The embedding table has ``vocab_size + 1`` rows (the last
+is [MASK], ``mask_id = vocab_size``); the output head covers the ``vocab_size`` real tokens only,
+which is the SUBS rule "never predict MASK" by construction (block_diffusion.md §6.1, as in
+google/init2winit ``mdlm_rope_nanodo.py``).
+
+Entry points:
+  * ``Transformer.__call__(tokens, positions, mask, ...)``: a plain forward under any mask,
+    optionally against a prefix KV cache (the sampler) and returning the new K/V.
+  * :func:`two_stream_logits`: BD3-LM vectorised training over ``[x_t ; x_0]`` with the
+    two-stream mask and duplicated positions (block_diffusion.md §3).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from bdiff import masks as masks_lib
+from bdiff.models import layers
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """Defaults of the ``model`` config section (a ~1M-parameter CPU model)."""
+  return ml_collections.ConfigDict(dict(
+      vocab_size=259,          # set from the tokenizer; MASK id = vocab_size
+      d_model=128,
+      n_layers=2,
+      n_heads=4,
+      n_kv_heads=2,
+      head_dim=32,
+      mlp_dim=384,
+      rope_theta=10000.0,
+      norm_eps=1e-6,
+      qk_norm=False,
+      qkv_bias=False,
+      tie_embeddings=True,
+      dtype="bfloat16",        # compute dtype; params are always fp32
+      scan_layers=True,
+      remat="none",            # none | full | dots
+      attention_impl="xla",    # xla | cudnn | pallas
+  ))
+
+
+def validate_model_config(cfg) -> None:
+  """Raise ValueError naming the offending ``model.*`` key."""
+  for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+              "mlp_dim"):
+    if not isinstance(cfg[key], int) or cfg[key] <= 0:
+      raise ValueError(f"model.{key} must be a positive integer, got {cfg[key]!r}")
+  if cfg.n_heads % cfg.n_kv_heads:
+    raise ValueError(f"model.n_heads={cfg.n_heads} must be a multiple of "
+                     f"model.n_kv_heads={cfg.n_kv_heads}")
+  if cfg.head_dim % 2:
+    raise ValueError(f"model.head_dim must be even for RoPE, got {cfg.head_dim}")
+  if cfg.remat not in REMAT_POLICIES:
+    raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {cfg.remat!r}")
+  if cfg.attention_impl not in ("xla", "cudnn", "pallas"):
+    raise ValueError(f"model.attention_impl must be xla, cudnn or pallas, got "
+                     f"{cfg.attention_impl!r}")
+  try:
+    jnp.dtype(cfg.dtype)
+  except TypeError as e:
+    raise ValueError(f"model.dtype is not a dtype: {cfg.dtype!r}") from e
+
+
+class Transformer(nn.Module):
+  """Decoder-only transformer; ``config`` is the ``model`` ConfigDict (frozen)."""
+  config: Any
+
+  @property
+  def mask_id(self) -> int:
+    return self.config.vocab_size
+
+  def _layers(self, static_mask):
+    cfg = self.config
+    layer = layers.DecoderLayer
+    policy = REMAT_POLICIES[cfg.remat]
+    if cfg.remat != "none":
+      layer = nn.remat(layer, policy=policy, prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      return nn.scan(
+          layer, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.n_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
+      )(cfg, static_mask, name="layers")
+    return [layer(cfg, static_mask, name=f"layer_{i}") for i in range(cfg.n_layers)]
+
+  @nn.compact
+  def __call__(self, tokens, positions, mask=None, *, segment_ids=None, cache=None,
+               num_logits: int | None = None, return_kv: bool = False):
+    """Forward pass.
+
+    Args:
+      tokens: [b, l] int32 in [0, vocab_size] (vocab_size is [MASK]).
+      positions: [b, l] int32 RoPE positions.
+      mask: a bdiff.masks object over (l, S + l) or a bool array [b, (h,) l, S + l], where S is
+        the cache length (0 without cache); None = full attention.
+      segment_ids: optional (q_seg [b, l], kv_seg [b, S + l]) for packed sequences.
+      cache: optional (k, v), each [n_layers, b, S, kv_heads, head_dim], post-RoPE, attended
+        before the current tokens (read-only here; the caller writes new K/V).
+      num_logits: compute logits for the first ``num_logits`` positions only (the noisy half
+        of the two-stream input); None = all.
+      return_kv: also return this call's (k, v), each [n_layers, b, l, kv_heads, head_dim].
+
+    Returns:
+      logits [b, num_logits or l, vocab_size] in fp32 (and the new K/V if ``return_kv``).
+    """
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    table = self.param("embed", nn.with_logical_partitioning(
+        nn.initializers.normal(1.0), ("vocab", "embed")),
+        (cfg.vocab_size + 1, cfg.d_model), jnp.float32)
+    x = jnp.take(table, tokens, axis=0).astype(dtype)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    static_mask = mask if isinstance(mask, masks_lib.Mask) else None
+    dyn_mask = None if static_mask is not None else mask
+    x, new_kv = self._run_layers(x, positions, static_mask, dyn_mask, segment_ids, cache)
+    x = layers.RMSNorm(cfg.norm_eps, dtype=dtype, name="final_norm")(x)
+    if num_logits is not None:
+      x = x[:, :num_logits]
+    logits = self._head(x, table)
+    return (logits, new_kv) if return_kv else logits
+
+  def _run_layers(self, x, positions, static_mask, dyn_mask, segment_ids, cache):
+    stack = self._layers(static_mask)
+    if self.config.scan_layers:
+      return stack(x, positions, dyn_mask, segment_ids, cache)
+    kvs = []
+    for i, layer in enumerate(stack):
+      layer_cache = None if cache is None else (cache[0][i], cache[1][i])
+      x, kv = layer(x, positions, dyn_mask, segment_ids, layer_cache)
+      kvs.append(kv)
+    return x, jax.tree.map(lambda *a: jnp.stack(a), *kvs)
+
+  def _head(self, x, table):
+    cfg = self.config
+    if cfg.tie_embeddings:
+      w = table[:cfg.vocab_size].T.astype(x.dtype)  # [d, V]: MASK row excluded
+      # Tied heads read embeddings scaled for unit-variance inputs; 1/sqrt(d) keeps logits O(1).
+      logits = jnp.einsum("bld,dv->blv", x, w) * (cfg.d_model ** -0.5)
+    else:
+      logits = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=x.dtype,
+                               param_dtype=jnp.float32,
+                               kernel_init=layers._init(("embed", "vocab")),  # pylint: disable=protected-access
+                               name="head")(x)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    return logits.astype(jnp.float32)
+
+
+def make_model(model_cfg) -> Transformer:
+  """The Transformer for a ``model`` config section, frozen so the module is hashable."""
+  return Transformer(ml_collections.FrozenConfigDict(model_cfg))
+
+
+def two_stream_logits(model: Transformer, params, xt, x0, block_size: int, *,
+                      context_causal: bool = False, want_clean: bool = False,
+                      segment_ids=None):
+  """BD3-LM vectorised training forward over ``[x_t ; x_0]`` (block_diffusion.md §3).
+
+  Both halves get positions 0..n-1 (§3.4); logits come from the noisy half only (§3.5) unless
+  ``want_clean`` (the auxiliary AR loss of §9 reads the clean stream too).
+
+  Args:
+    model: the Transformer.
+    params: its parameters ({"params": ...} variables).
+    xt, x0: [b, n] noisy and clean tokens.
+    block_size: diffusion block size B (must divide n).
+    context_causal: NBDiff mask (token-causal clean stream).
+    want_clean: also return the clean-stream logits.
+    segment_ids: optional [b, n] packed-sequence ids, duplicated over both streams.
+
+  Returns:
+    (noisy_logits [b, n, V], clean_logits [b, n, V] or None).
+  """
+  b, n = xt.shape
+  mask = masks_lib.BD3Training(n, block_size, context_causal=context_causal)
+  tokens = jnp.concatenate([xt, x0], axis=1)
+  pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+  positions = jnp.concatenate([pos, pos], axis=1)
+  seg = None
+  if segment_ids is not None:
+    both = jnp.concatenate([segment_ids, segment_ids], axis=1)
+    seg = (both, both)
+  logits = model.apply(params, tokens, positions, mask, segment_ids=seg,
+                       num_logits=None if want_clean else n)
+  if want_clean:
+    return logits[:, :n], logits[:, n:]
+  return logits, None
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs)."""
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))

@@ -1,0 +1,133 @@
+"""Masks against independent dense constructions written from the spec's tables."""
+import itertools
+
+import numpy as np
+import pytest
+
+from bdiff import masks
+
+CASES = [(8, 1), (8, 2), (8, 4), (8, 8), (12, 3), (12, 12), (15, 5), (16, 16)]
+
+
+def bd3_by_quadrants(n, b, context_causal=False):
+  """block_diffusion.md §3.2 quadrant table, built loop by loop."""
+  m = np.zeros((2 * n, 2 * n), bool)
+  for q, k in itertools.product(range(2 * n), repeat=2):
+    q_clean, k_clean = q >= n, k >= n
+    bq, bk = (q % n) // b, (k % n) // b
+    if not q_clean and not k_clean:
+      m[q, k] = bq == bk
+    elif not q_clean and k_clean:
+      m[q, k] = bk < bq
+    elif q_clean and k_clean:
+      m[q, k] = (k % n) <= (q % n) if context_causal else bk <= bq
+  return m
+
+
+def block_causal_by_loops(q_len, kv_len, b, off):
+  m = np.zeros((q_len, kv_len), bool)
+  for q, k in itertools.product(range(q_len), range(kv_len)):
+    m[q, k] = k // b <= (q + off) // b
+  return m
+
+
+@pytest.mark.parametrize("n,b", CASES)
+def test_bd3_training_matches_quadrants(n, b):
+  got = masks.bd3_training(n, b).dense()
+  assert got.shape == (2 * n, 2 * n) and got.dtype == bool
+  np.testing.assert_array_equal(got, bd3_by_quadrants(n, b))
+  assert got.any(axis=1).all()  # every query row sees at least itself
+
+
+@pytest.mark.parametrize("n,b", CASES)
+def test_context_causal_matches_quadrants(n, b):
+  np.testing.assert_array_equal(masks.context_causal(n, b).dense(),
+                                bd3_by_quadrants(n, b, context_causal=True))
+
+
+@pytest.mark.parametrize("q_len,kv_len,b,off", [(8, 8, 1, 0), (8, 8, 8, 0), (4, 12, 4, 8),
+                                                (5, 13, 3, 8), (16, 16, 4, 0), (3, 10, 2, 7)])
+def test_block_causal_matches_loops(q_len, kv_len, b, off):
+  np.testing.assert_array_equal(masks.block_causal(q_len, kv_len, b, q_offset=off).dense(),
+                                block_causal_by_loops(q_len, kv_len, b, off))
+
+
+def test_degenerate_block_sizes():
+  n = 8
+  # B = 1: a noisy token sees only itself in the noisy stream and clean tokens before it.
+  m = masks.bd3_training(n, 1).dense()
+  np.testing.assert_array_equal(m[:n, :n], np.eye(n, dtype=bool))
+  np.testing.assert_array_equal(m[:n, n:], np.tri(n, k=-1, dtype=bool))
+  # B = n: the noisy half is fully bidirectional and never sees the clean half (MDLM).
+  m = masks.bd3_training(n, n).dense()
+  assert m[:n, :n].all() and not m[:n, n:].any()
+  # Block causal with B = 1 is token causal.
+  np.testing.assert_array_equal(masks.block_causal(n, n, 1).dense(), np.tri(n, dtype=bool))
+
+
+def test_token_masks():
+  np.testing.assert_array_equal(masks.causal(6).dense(), np.tri(6, dtype=bool))
+  np.testing.assert_array_equal(masks.causal(3, 7, q_offset=4).dense(),
+                                np.tri(3, 7, k=4, dtype=bool))
+  w = masks.sliding_window(6, 6, left=2, right=1).dense()
+  expect = np.array([[abs_ok(q, k) for k in range(6)] for q in range(6)])
+  np.testing.assert_array_equal(w, expect)
+  assert masks.full(3, 5).dense().all()
+  both = (masks.causal(6) & masks.sliding_window(6, 6, 2)).dense()
+  np.testing.assert_array_equal(both, np.tri(6, dtype=bool) & ~np.tri(6, k=-3, dtype=bool))
+
+
+def abs_ok(q, k):
+  return q - 2 <= k <= q + 1
+
+
+def test_segment_mask():
+  seg = np.array([[0, 0, 1, 1, 1]])
+  m = masks.segment_mask(seg, seg)
+  assert m.shape == (1, 5, 5)
+  assert m[0, 0, 1] and not m[0, 1, 2] and m[0, 4, 2]
+
+
+ALL_MASKS = [masks.causal(37, 53, 5), masks.sliding_window(41, 60, 7, 3, 4),
+             masks.block_causal(48, 80, 8, 32), masks.block_causal(30, 45, 5, 7),
+             masks.bd3_training(24, 4), masks.bd3_training(24, 1), masks.bd3_training(24, 24),
+             masks.context_causal(24, 6), masks.full(7, 9),
+             masks.causal(40) & masks.sliding_window(40, 40, 5)]
+
+
+@pytest.mark.parametrize("mask", ALL_MASKS, ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("bq,bk", [(1, 1), (4, 4), (3, 5), (8, 16), (128, 128)])
+def test_tile_layout_matches_dense(mask, bq, bk):
+  dense = mask.dense()
+  q_pad, k_pad = -(-mask.q_len // bq) * bq, -(-mask.kv_len // bk) * bk
+  allowed = np.zeros((q_pad, k_pad), bool)
+  valid = np.zeros((q_pad, k_pad), bool)
+  allowed[:mask.q_len, :mask.kv_len] = dense
+  valid[:mask.q_len, :mask.kv_len] = True
+  tiles = lambda a: a.reshape(q_pad // bq, bq, k_pad // bk, bk)  # noqa: E731
+  any_ = tiles(allowed).any(axis=(1, 3))
+  all_ = (tiles(allowed) | ~tiles(valid)).all(axis=(1, 3))
+  expect = np.where(all_, masks.FULL, np.where(any_, masks.PARTIAL, masks.EMPTY))
+  np.testing.assert_array_equal(mask.tile_layout(bq, bk), expect)
+
+
+def test_bd3_layout_is_fast_and_quarter_dense():
+  import time
+  t = time.perf_counter()
+  layout = masks.bd3_training(8192, 16).tile_layout(128, 128)
+  assert time.perf_counter() - t < 1.0
+  assert 0.24 < (layout > 0).mean() < 0.28
+
+
+@pytest.mark.parametrize("call,arg", [
+    (lambda: masks.bd3_training(10, 4), "block_size"),
+    (lambda: masks.bd3_training(0, 1), "seq_len"),
+    (lambda: masks.bd3_training(8, 0), "block_size"),
+    (lambda: masks.block_causal(4, 8, -2), "block_size"),
+    (lambda: masks.block_causal(0, 8, 2), "q_len"),
+    (lambda: masks.block_causal(4, 8, 2, q_offset=-1), "q_offset"),
+    (lambda: masks.causal(4, 4) & masks.causal(4, 5), "shapes"),
+])
+def test_bad_arguments_name_the_argument(call, arg):
+  with pytest.raises(ValueError, match=arg):
+    call()
