@@ -1,7 +1,8 @@
-"""Shared pytest setup: 8 fake CPU devices (sharding tests) before JAX initialises."""
+"""Shared pytest setup: 8 fake CPU devices (sharding tests), set before JAX initialises."""
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+
+import jax  # noqa: E402  (the environment must be set first)
+
+jax.config.update("jax_num_cpu_devices", 8)

@@ -1,0 +1,235 @@
+"""The training loop: build everything from a config, train, evaluate, checkpoint, resume.
+
+Metrics go to ``WORKDIR/metrics.jsonl`` (one JSON object per logged step) and TensorBoard
+event files under ``WORKDIR/tb``. A run restarted in the same workdir resumes from the latest
+checkpoint and continues exactly: same batches (pure function of (seed, step)), same noise
+(``fold_in(seed, step)``), and metrics past the checkpoint are rewritten, not duplicated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import tqdm
+
+from bdiff import config as config_lib
+from bdiff import data as data_lib
+from bdiff import diffusion
+from bdiff.eval import speed
+from bdiff.models import Transformer, count_params, make_model
+from bdiff.train import checkpointing, sharding, state as state_lib, step as step_lib
+
+log = logging.getLogger("bdiff.train")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a step produced a NaN/Inf loss or gradient; names the step."""
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything a run needs, built once from the config."""
+  cfg: Any
+  workdir: str
+  mesh: Any
+  model: Transformer
+  data: Any
+  tx: Any
+  abstract_state: Any
+  state_shardings: Any
+  train_step: Callable
+  eval_step: Callable
+
+  @classmethod
+  def build(cls, cfg, workdir: str, mesh=None) -> "Trainer":
+    data = data_lib.build_data(cfg.data, cfg.train.seq_len, cfg.train.global_batch,
+                               cfg.train.seed, process_index=jax.process_index(),
+                               process_count=jax.process_count())
+    if cfg.model.vocab_size != data.tokenizer.vocab_size:
+      cfg = _with_vocab(cfg, data.tokenizer.vocab_size)
+    mesh = sharding.make_mesh(cfg.mesh) if mesh is None else mesh
+    config_lib.validate(cfg, tuple(mesh.shape.values()))
+    model = make_model(cfg.model)
+    tx = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
+    abstract, shardings = state_lib.state_shardings(model, tx, cfg, mesh)
+    return cls(cfg=cfg, workdir=workdir, mesh=mesh, model=model, data=data, tx=tx,
+               abstract_state=abstract, state_shardings=shardings,
+               train_step=step_lib.jit_train_step(model, tx, cfg, mesh, shardings),
+               eval_step=step_lib.jit_eval_step(model, cfg, mesh, shardings.params))
+
+  def init_or_restore(self, mgr):
+    if mgr.latest_step() is not None:
+      state, meta = checkpointing.restore(mgr, self.abstract_state, self.state_shardings)
+      log.info("resumed from step %d", meta["step"])
+      return state
+    return state_lib.init_state(self.model, self.tx, self.cfg, self.mesh,
+                                self.state_shardings)
+
+  def evaluate(self, params) -> dict:
+    """Held-out NELBO over ``train.eval_batches`` batches (sums reduced on host)."""
+    nll, count = 0.0, 0.0
+    rng = jax.random.key(self.cfg.eval.seed)
+    for i, batch in enumerate(self.data.valid.eval_batches(self.cfg.train.eval_batches)):
+      with jax.set_mesh(self.mesh):
+        out = self.eval_step(params, sharding.global_batch(batch, self.mesh),
+                             jax.random.fold_in(rng, i))
+      nll += float(out["nll_sum"])
+      count += float(out["token_count"])
+    return diffusion.summarize_nelbo(nll, count)
+
+
+def _with_vocab(cfg, vocab_size: int):
+  cfg = config_lib.from_dict(config_lib.to_dict(cfg))
+  cfg.model.vocab_size = vocab_size
+  return cfg
+
+
+class MetricsWriter:
+  """JSONL (always) + TensorBoard (when tensorboardX is installed)."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    _truncate_after(self.path, resume_step)
+    self.tb = None
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+    except ImportError:
+      log.info("tensorboardX not installed: metrics go to metrics.jsonl only")
+
+  def write(self, step: int, metrics: dict) -> None:
+    row = {"step": int(step), **{k: _py(v) for k, v in metrics.items()}}
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(row) + "\n")
+    if self.tb is not None:
+      for k, v in row.items():
+        if k != "step" and isinstance(v, (int, float)):
+          self.tb.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
+
+
+def _py(v):
+  v = np.asarray(v)
+  return v.item() if v.ndim == 0 else v.tolist()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Drop metrics logged after ``step`` (they are recomputed by the resumed run)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(rows)
+
+
+def _check_finite(pending: list) -> None:
+  for step, finite in pending:
+    if not bool(finite):
+      raise NonFiniteLossError(f"non-finite loss or gradient at step {step}; stopping")
+
+
+def train(cfg, workdir: str, *, mesh=None, on_step: Callable | None = None) -> dict:
+  """Train (or resume) in ``workdir``. Returns the final metrics including held-out NELBO.
+
+  ``on_step(step)`` is called after every step (tests use it to simulate a crash).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  trainer = Trainer.build(cfg, workdir, mesh)
+  cfg = trainer.cfg
+  mgr = checkpointing.manager(workdir, max_to_keep=max(cfg.train.keep_checkpoints, 1))
+  state = trainer.init_or_restore(mgr)
+  start = int(state.step)
+  writer = MetricsWriter(workdir, start)
+  _write_run_info(trainer, start)
+  flops_per_step = speed.train_flops_per_step(cfg, count_params(state.params))
+  last = _run_steps(trainer, state, start, mgr, writer, flops_per_step, on_step)
+  writer.close()
+  return last
+
+
+def _run_steps(trainer, state, start, mgr, writer, flops_per_step, on_step) -> dict:
+  cfg = trainer.cfg
+  pending, last, t0, tokens_per_step = [], {}, time.perf_counter(), (
+      cfg.train.global_batch * cfg.train.seq_len)
+  steps_timed = 0
+  bar = tqdm.trange(start, cfg.train.steps, initial=start, total=cfg.train.steps,
+                    desc="train", disable=not cfg.train.progress, dynamic_ncols=True)
+  for step in bar:
+    batch = sharding.global_batch(trainer.data.train.batch(step), trainer.mesh)
+    with jax.set_mesh(trainer.mesh):
+      state, metrics = trainer.train_step(state, batch)
+    pending.append((step, metrics["finite"]))
+    steps_timed += 1
+    done = step + 1
+    if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+      _check_finite(pending)
+      pending.clear()
+      jax.block_until_ready(metrics["loss"])
+      dt = (time.perf_counter() - t0) / steps_timed
+      last = {k: v for k, v in metrics.items() if k != "finite"}
+      last.update(tokens_per_s=tokens_per_step / dt, step_time_s=dt,
+                  **speed.utilisation(flops_per_step, dt))
+      _maybe_eval(trainer, state, done, last)
+      writer.write(done, last)
+      bar.set_postfix(loss=f"{float(last['loss']):.4f}")
+      t0, steps_timed = time.perf_counter(), 0
+    if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 or (
+        done == cfg.train.steps):
+      _check_finite(pending)
+      checkpointing.save(mgr, done, state, config_dict=config_lib.to_dict(cfg),
+                         data_position={"seed": cfg.train.seed, "next_step": done})
+    if on_step is not None:
+      on_step(done)
+  if "eval_nll" not in last and start < cfg.train.steps:
+    last.update(_eval_metrics(trainer, state))
+  return {k: _py(v) for k, v in last.items()}
+
+
+def _eval_metrics(trainer, state) -> dict:
+  params = state.ema_params if state.ema_params is not None else state.params
+  summary = trainer.evaluate(params)
+  return {f"eval_{k}": v for k, v in summary.items()}
+
+
+def _maybe_eval(trainer, state, done, last) -> None:
+  every = trainer.cfg.train.eval_every
+  if (every and done % every == 0) or done == trainer.cfg.train.steps:
+    last.update(_eval_metrics(trainer, state))
+
+
+def _write_run_info(trainer, start: int) -> None:
+  info = {"config": config_lib.to_dict(trainer.cfg), "data_fingerprint": trainer.data.fingerprint,
+          "devices": [str(d) for d in jax.devices()], "mesh": dict(trainer.mesh.shape),
+          "resumed_from": start, "num_params": count_params(trainer.abstract_state.params)}
+  with open(os.path.join(trainer.workdir, "run.json"), "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=1)
+  with open(os.path.join(trainer.workdir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(info["config"], f, indent=1)
+
+
+def restore_params(workdir: str, cfg=None, *, mesh=None, use_ema: bool = True):
+  """Load a run for inference: (config, params, tokenizer), EMA weights when present.
+
+  ``cfg`` defaults to the config saved in the checkpoint; pass one to apply overrides (for
+  example ``sample.*``). The restore is strict: the saved tree must match the model exactly.
+  """
+  mgr = checkpointing.manager(workdir)
+  if cfg is None:
+    cfg = config_lib.from_dict(checkpointing.read_meta(workdir)["config"])
+  mesh = sharding.make_mesh(cfg.mesh) if mesh is None else mesh
+  model = make_model(cfg.model)
+  tx = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
+  abstract, shardings = state_lib.state_shardings(model, tx, cfg, mesh)
+  state, _ = checkpointing.restore(mgr, abstract, shardings)
+  params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
+  return cfg, params, data_lib.get_tokenizer(cfg.data.tokenizer)

@@ -1,0 +1,85 @@
+"""The jitted train and eval steps.
+
+One train step = the BD3-LM objective (two-stream forward, per-block noise, SUBS loss; the
+details live in :mod:`bdiff.diffusion`) + AdamW + EMA. The per-step RNG is
+``fold_in(key(seed), step)``, so a resumed run draws exactly the noise of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bdiff import diffusion
+from bdiff.models import Transformer, two_stream_logits
+from bdiff.train import sharding as sharding_lib
+from bdiff.train.state import TrainState
+
+_NOISE_STREAM = 0x0D1F  # separates training noise from eval noise and init
+
+
+def make_logits_fn(model: Transformer, params, cfg, segment_ids=None):
+  """The two-stream forward in the form the diffusion objective calls."""
+  dcfg = cfg.diffusion
+
+  def logits_fn(xt, x0, want_clean=False):
+    seg = segment_ids
+    if seg is not None and seg.shape[0] != xt.shape[0]:  # complementary copies double the batch
+      seg = jnp.concatenate([seg] * (xt.shape[0] // seg.shape[0]), axis=0)
+    return two_stream_logits(model, {"params": params}, xt, x0, dcfg.block_size,
+                             context_causal=dcfg.context_causal, want_clean=want_clean,
+                             segment_ids=seg)
+
+  return logits_fn
+
+
+def _segments(batch, cfg):
+  return batch.get("segment_ids") if cfg.train.mask_segments else None
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, cfg):
+  """One optimisation step. Returns (new state, metrics of scalars)."""
+  rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.train.seed), _NOISE_STREAM),
+                           state.step)
+
+  def loss_fn(params):
+    logits_fn = make_logits_fn(model, params, cfg, _segments(batch, cfg))
+    return diffusion.training_loss(logits_fn, batch["tokens"], rng, cfg.diffusion)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = state.ema_params
+  if ema is not None:
+    decay = cfg.optim.ema_decay
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                 param_norm=optax.tree.norm(params),
+                 finite=jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)))
+  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema_params=ema)
+  return new_state, metrics
+
+
+def eval_step(params, batch: dict, rng, *, model, cfg):
+  """Held-out NELBO sums for one batch (unclipped window, ELBO weight)."""
+  logits_fn = make_logits_fn(model, params, cfg, _segments(batch, cfg))
+  return diffusion.nelbo(logits_fn, batch["tokens"], rng, cfg.diffusion)
+
+
+def jit_train_step(model, tx, cfg, mesh, state_shardings):
+  """``jax.jit`` with explicit in/out shardings and the state donated."""
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  step = functools.partial(train_step, model=model, tx=tx, cfg=cfg)
+  return jax.jit(step, in_shardings=(state_shardings, batch_sh),
+                 out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+def jit_eval_step(model, cfg, mesh, param_shardings):
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  step = functools.partial(eval_step, model=model, cfg=cfg)
+  return jax.jit(step, in_shardings=(param_shardings, batch_sh, sharding_lib.replicated(mesh)),
+                 out_shardings=sharding_lib.replicated(mesh))
