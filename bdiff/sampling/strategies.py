@@ -1,0 +1,321 @@
+"""Decoding strategies: which masked positions of the active block to commit each step.
+
+The sampling loop (``generate.py``) denoises one block of capacity ``L`` at a time. Each
+denoising step it runs the model once and calls ``select``; the strategy answers, per row,
+which candidate positions to commit and with which tokens. Rules and sources are in
+``shared/specs/decoding.md`` §2; this module is the uniform interface of §3.4.
+
+Contract for the loop (all arrays batched, ``b`` rows, block window of ``L`` positions):
+
+* ``state = init_state(cfg, b, L)`` once before the loop; carry it unchanged across blocks
+  (strategies reset their per-block parts themselves when ``step_in_block == 0``).
+* Every denoising step::
+
+      commit, tokens, state = select(cfg, logits, masked, rng_keys, step_in_block, state)
+      block = jnp.where(commit, tokens, block)
+
+  ``logits [b, L, V]`` float32 for the block window (already token-shifted for shifted
+  models); ``masked [b, L]`` bool = positions the row may commit now (MASK, inside the active
+  block ``j < blk_len``, before the row's generation limit and stop token, row not done);
+  ``rng_keys [b]`` per-row keys for this step (``fold_in(fold_in(key, row_uid), step)``);
+  ``step_in_block [b]`` (or a scalar) = 0 at a block's first denoising step, +1 per step.
+* Guarantees: ``commit ⊆ masked``; any row with a masked position commits at least one
+  (except ``ancestral`` with ``allow_idle=True``); tokens outside ``commit`` are meaningless.
+* Termination: run a block until no candidate is left. Scheduled strategies
+  (``STRATEGIES[name].scheduled``: static, sequential, sdar_dynamic, dream, prophet,
+  ancestral) empty the block in exactly ``cfg.steps`` steps (``steps`` = denoising steps
+  **per block**, LLaDA's ``steps / num_blocks``; 0 = the block capacity ``L``, i.e. one token
+  per step); step indices ``>= steps`` commit everything left. The other strategies take a
+  data-dependent number of steps, at most ``L`` per block.
+* ``sub_block`` (Fast-dLLM v2, NBDiff) and ``window`` (DCD) restrict candidates statelessly:
+  the current sub-block is the one holding the left-most masked position; the DCD window is the
+  first ``window`` masked positions. The loop needs no extra counters for them.
+* AdaBlock: at a block's first step the loop calls ``adablock_block_length`` on that step's
+  logits (window starting at the block start), sets ``blk_len``, masks ``j >= blk_len`` out of
+  ``masked`` and calls ``select`` with the same logits and keys (that forward is also the
+  block's first decoding step, decoding.md §2.13).
+* Prophet fills the whole active block with its argmax when the top-2 logit gap clears the
+  threshold (per-block port of §2.11); ``state["fired"]`` tells the loop it happened.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from bdiff.sampling import selection as sel
+from bdiff.sampling import strategies_adaptive as adaptive
+from bdiff.sampling import strategies_scheduled as scheduled
+
+adablock_block_length = adaptive.adablock_block_length
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyConfig:
+  """All knobs of every strategy.
+
+  Frozen and hashable: pass it as a static ``jit`` argument (every knob baked in), or as an
+  ordinary argument: it is a pytree whose ``SWEEPABLE`` float knobs are leaves (traced, no
+  recompilation when they change) and whose other fields are static metadata. Validate with
+  ``validate_strategy_config`` before tracing. Field names match the ``sample`` config section;
+  defaults are bdiff's, each strategy's docstring lists its reference defaults.
+  """
+  name: str = "threshold"
+  # Proposal and score (decoding.md §0.2).
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  nucleus_mode: str = "n1"             # "n1" crossing token kept, "n2" dropped (BD3-LM)
+  filter_order: str = "k_then_p"       # SDAR; "p_then_k" for Dream/NBDiff
+  confidence: str = "prob"             # prob | margin | neg_entropy | random
+  confidence_from: str = "raw"         # raw softmax or the "sampling" distribution
+  suppress_ids: tuple[int, ...] = ()   # proposals of these ids get confidence -inf (LLaDA EOS/EoT)
+  # Schedules.
+  steps: int = 0                       # denoising steps per block; 0 = block capacity L
+  k: int = 1                           # tokens per step (fixed_k)
+  # Threshold family.
+  threshold: float = 0.9
+  strict: bool | None = None           # None = the reference's comparison for the strategy
+  factor: float = 1.0
+  factor_quirk: bool = False           # Fast-dLLM reference: commit all when only the last fails
+  gamma: float = 0.35                  # entropy budget (EB-sampler / SDAR)
+  relaxed_threshold: float = 0.75      # LocalLeap
+  radius: int = 4                      # LocalLeap
+  threshold_low: float = 0.6           # BACD clip range
+  threshold_high: float = 0.9
+  prophet_gaps: tuple[float, ...] = (7.5, 5.0, 2.5)
+  prophet_bounds: tuple[float, ...] = (0.33, 0.67)
+  # Candidate restriction.
+  sub_block: int = 0                   # Fast-dLLM v2 / NBDiff sub-block size (0 = off)
+  window: int = 0                      # DCD initial window W0 in masks (0 = off)
+  max_window: int = 0                  # DCD max window span in positions (0 = unbounded)
+  # Ancestral.
+  time_grid: str = "linear"            # "linear" or MD4 "cosine"
+  allow_idle: bool = False             # exact ancestral: steps may commit nothing
+  # AdaBlock.
+  block_length: int = 32               # B0
+  lookahead: int = 0                   # floor(0.25 * G); 0 = the whole window
+  delimiter_ids: tuple[int, ...] = ()
+  delimiter_threshold: float = 0.3
+
+  @classmethod
+  def from_mapping(cls, cfg: Mapping[str, Any]) -> StrategyConfig:
+    """Builds from a ``sample`` config section (key ``strategy`` -> ``name``).
+
+    Keys that are not strategy knobs (prompt lengths, batch size, ...) are ignored.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    items = dict(cfg.items())
+    if "strategy" in items:
+      items["name"] = items.pop("strategy")
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in items.items() if k in names}
+    return cls(**kw)
+
+
+# Numeric knobs that only enter jnp arithmetic: pytree leaves, so a sweep over them (e.g.
+# ParallelBench's τ and f grids) reuses one compiled loop when cfg is passed as a traced
+# argument. Every other field shapes the computation and is static pytree metadata.
+SWEEPABLE = ("threshold", "factor", "gamma", "relaxed_threshold", "threshold_low",
+             "threshold_high", "delimiter_threshold")
+jax.tree_util.register_dataclass(
+    StrategyConfig, data_fields=list(SWEEPABLE),
+    meta_fields=[f.name for f in dataclasses.fields(StrategyConfig) if f.name not in SWEEPABLE])
+
+
+class StepInputs(NamedTuple):
+  """What a rule sees at one step (built once by ``select``)."""
+  logits: jax.Array    # [b, L, V] raw logits
+  filtered: jax.Array  # [b, L, V] tempered + filtered logits (sampling distribution)
+  probs: jax.Array     # [b, L, V] distribution scores are taken from (confidence_from)
+  tokens: jax.Array    # [b, L] int32 proposals x̂
+  score: jax.Array     # [b, L] float32 confidence c (cfg.confidence)
+  cand: jax.Array      # [b, L] bool candidates after sub-block / window restriction
+  keys: jax.Array      # [b] per-row keys
+  step: jax.Array      # [b] int32 step in block
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """Registry entry: ``rule(cfg, inputs, state) -> (commit, tokens, state)``."""
+  rule: Callable[..., tuple[jax.Array, jax.Array, dict]]
+  init: Callable[[StrategyConfig, int, int], dict]
+  scheduled: bool      # follows a per-block step budget cfg.steps
+  strict: bool = False  # reference comparison for thresholds (None in cfg -> this)
+  needs: tuple[str, ...] = ()  # knobs that must be set (validated > 0 / non-empty)
+
+
+def _no_state(cfg: StrategyConfig, batch: int, length: int) -> dict:
+  del cfg, batch, length
+  return {}
+
+
+_S, _A = scheduled, adaptive
+STRATEGIES: dict[str, Strategy] = {
+    # Per-block step budget cfg.steps (strategies_scheduled.py).
+    "static": Strategy(_S.static_rule, _S.schedule_init, scheduled=True),
+    "sequential": Strategy(_S.sequential_rule, _S.schedule_init, scheduled=True),
+    "sdar_dynamic": Strategy(_S.sdar_dynamic_rule, _S.schedule_init, scheduled=True,
+                             strict=True),
+    "dream": Strategy(_S.dream_rule, _no_state, scheduled=True),
+    "prophet": Strategy(_S.prophet_rule, _S.prophet_init, scheduled=True),
+    "ancestral": Strategy(_S.ancestral_rule, _no_state, scheduled=True),
+    # One position per step.
+    "first_hitting": Strategy(_S.first_hitting_rule, _S.first_hitting_init, scheduled=False),
+    "ar": Strategy(_S.ar_rule, _no_state, scheduled=False),
+    # Data-dependent number of steps (strategies_adaptive.py).
+    "fixed_k": Strategy(_A.fixed_k_rule, _no_state, scheduled=False),
+    "threshold": Strategy(_A.threshold_rule, _no_state, scheduled=False),
+    "fast_dllm_v2": Strategy(_A.threshold_rule, _no_state, scheduled=False, strict=True,
+                             needs=("sub_block",)),
+    "dcd": Strategy(_A.threshold_rule, _no_state, scheduled=False, needs=("window",)),
+    "adablock": Strategy(_A.threshold_rule, _no_state, scheduled=False,
+                         needs=("delimiter_ids",)),
+    "factor": Strategy(_A.factor_rule, _no_state, scheduled=False),
+    "entropy_bounded": Strategy(_A.entropy_bounded_rule, _no_state, scheduled=False),
+    "local_leap": Strategy(_A.local_leap_rule, _no_state, scheduled=False),
+    "bacd": Strategy(_A.bacd_rule, _A.bacd_init, scheduled=False),
+}
+
+
+def is_strict(cfg: StrategyConfig) -> bool:
+  """Threshold comparison in effect: ``cfg.strict`` or the strategy's reference default."""
+  return STRATEGIES[cfg.name].strict if cfg.strict is None else cfg.strict
+
+
+def init_state(cfg: StrategyConfig, batch: int, length: int) -> dict:
+  """Fixed-shape strategy state (a dict of ``[batch]`` arrays; ``{}`` when stateless)."""
+  return STRATEGIES[cfg.name].init(cfg, batch, length)
+
+
+def restrict_candidates(cfg: StrategyConfig, masked: jax.Array) -> jax.Array:
+  """Sub-block (Fast-dLLM v2 §2.6) and sliding-window (DCD §2.14) candidate sets.
+
+  Both are functions of ``masked`` alone: sub-blocks are processed left to right until empty,
+  so the active one holds the left-most masked position; the DCD window ``[wl, wr)`` starts at
+  the first masked position and grows by what was just decoded so that it always holds
+  ``window`` masks, i.e. it is the first ``window`` masked positions (capped at
+  ``max_window`` positions from ``wl``).
+  """
+  pos = jnp.arange(masked.shape[-1], dtype=jnp.int32)[None, :]
+  first = jnp.argmax(masked, axis=-1).astype(jnp.int32)[:, None]
+  cand = masked
+  if cfg.sub_block > 0:
+    cand = cand & (pos // cfg.sub_block == first // cfg.sub_block)
+  if cfg.window > 0:
+    cand = sel.leftmost_masks(cand, cfg.window)
+    if cfg.max_window > 0:
+      cand = cand & (pos - first < cfg.max_window)
+  return cand
+
+
+def step_inputs(cfg: StrategyConfig, logits: jax.Array, masked: jax.Array,
+                rng_keys: jax.Array, step_in_block: jax.Array | int) -> StepInputs:
+  """Proposals, scores and candidates for one step (shared by all strategies)."""
+  logits = logits.astype(jnp.float32)
+  b = logits.shape[0]
+  filtered = sel.sampling_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p,
+                                 cfg.nucleus_mode, cfg.filter_order)
+  tokens = sel.sample_tokens(filtered, rng_keys, cfg.temperature)
+  probs = jax.nn.softmax(filtered if cfg.confidence_from == "sampling" else logits, axis=-1)
+  score = sel.confidence(probs, tokens, cfg.confidence, rng_keys)
+  if cfg.suppress_ids:
+    # decoding.md §2.3: implement the intent of LLaDA's confidence_eos_eot_inf.
+    score = jnp.where(jnp.isin(tokens, jnp.asarray(cfg.suppress_ids)), -jnp.inf, score)
+  step = jnp.broadcast_to(jnp.asarray(step_in_block, jnp.int32), (b,))
+  return StepInputs(logits, filtered, probs, tokens, score,
+                    restrict_candidates(cfg, masked), rng_keys, step)
+
+
+def select(cfg: StrategyConfig, logits: jax.Array, masked: jax.Array, rng_keys: jax.Array,
+           step_in_block: jax.Array | int, state: dict
+           ) -> tuple[jax.Array, jax.Array, dict]:
+  """One denoising decision of strategy ``cfg.name`` (see the module docstring).
+
+  Args:
+    cfg: strategy config, static or a pytree argument (validate it before tracing).
+    logits: ``[b, L, V]`` block-window logits (fp32, real tokens only).
+    masked: ``[b, L]`` bool, positions the row may commit this step.
+    rng_keys: ``[b]`` per-row PRNG keys for this step.
+    step_in_block: ``[b]`` int32 or scalar, 0 at each block's first denoising step.
+    state: strategy state from ``init_state`` or the previous call.
+
+  Returns:
+    ``(commit [b, L] bool, tokens [b, L] int32, new_state)``.
+  """
+  cfg = dataclasses.replace(cfg, strict=is_strict(cfg))  # rules read a resolved bool
+  inp = step_inputs(cfg, logits, masked, rng_keys, step_in_block)
+  commit, tokens, state = STRATEGIES[cfg.name].rule(cfg, inp, state)
+  commit = commit & inp.cand
+  if not cfg.allow_idle:
+    commit = sel.ensure_progress(commit, inp.score, inp.cand)
+  return commit, tokens.astype(jnp.int32), state
+
+
+# ------------------------------------------------------------------------------------------
+# Validation
+
+
+def _fail(prefix: str, key: str, msg: str) -> None:
+  raise ValueError(f"{prefix}.{key}: {msg}")
+
+
+def _check_choices(cfg: StrategyConfig, prefix: str) -> None:
+  choices = {
+      "confidence": sel.CONFIDENCE_KINDS, "confidence_from": ("raw", "sampling"),
+      "nucleus_mode": sel.NUCLEUS_MODES, "filter_order": sel.FILTER_ORDERS,
+      "time_grid": scheduled.TIME_GRIDS}
+  for key, valid in choices.items():
+    if getattr(cfg, key) not in valid:
+      _fail(prefix, key, f"{getattr(cfg, key)!r} is not one of {valid}")
+
+
+def _check_ranges(cfg: StrategyConfig, prefix: str) -> None:
+  def unit(key, value):
+    if not 0.0 < value <= 1.0:
+      _fail(prefix, key, f"must be in (0, 1], got {value!r}")
+
+  for key in ("threshold", "top_p", "relaxed_threshold", "threshold_low", "threshold_high",
+              "delimiter_threshold"):
+    unit(key, getattr(cfg, key))
+  for key in ("temperature", "gamma"):
+    if getattr(cfg, key) < 0:
+      _fail(prefix, key, f"must be >= 0, got {getattr(cfg, key)!r}")
+  for key in ("k", "block_length"):
+    if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
+      _fail(prefix, key, f"must be an integer >= 1, got {getattr(cfg, key)!r}")
+  for key in ("steps", "top_k", "radius", "sub_block", "window", "max_window", "lookahead"):
+    if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
+      _fail(prefix, key, f"must be an integer >= 0, got {getattr(cfg, key)!r}")
+  if cfg.factor <= 0:
+    _fail(prefix, "factor", f"must be > 0, got {cfg.factor!r}")
+  if cfg.threshold_low > cfg.threshold_high:
+    _fail(prefix, "threshold_low", "must be <= sample.threshold_high")
+  bounds = cfg.prophet_bounds
+  if len(cfg.prophet_gaps) != len(bounds) + 1:
+    _fail(prefix, "prophet_gaps", "needs exactly len(sample.prophet_bounds) + 1 values")
+  if list(bounds) != sorted(bounds) or any(not 0 < x < 1 for x in bounds):
+    _fail(prefix, "prophet_bounds", f"must be increasing in (0, 1), got {bounds!r}")
+
+
+def validate_strategy_config(cfg: StrategyConfig, prefix: str = "sample") -> StrategyConfig:
+  """Raises ``ValueError`` naming the offending key (``sample.<field>``); returns ``cfg``."""
+  if cfg.name not in STRATEGIES:
+    _fail(prefix, "strategy", f"unknown strategy {cfg.name!r}; valid: {sorted(STRATEGIES)}")
+  _check_choices(cfg, prefix)
+  _check_ranges(cfg, prefix)
+  strat = STRATEGIES[cfg.name]
+  for key in strat.needs:
+    if not getattr(cfg, key):
+      _fail(prefix, key, f"strategy {cfg.name!r} needs it set (> 0 / non-empty)")
+  if strat.scheduled and (cfg.sub_block or cfg.window):
+    key = "sub_block" if cfg.sub_block else "window"
+    _fail(prefix, key, f"not supported by the scheduled strategy {cfg.name!r}")
+  if cfg.allow_idle and cfg.name != "ancestral":
+    _fail(prefix, "allow_idle", "only the 'ancestral' strategy may commit nothing in a step")
+  if any((not isinstance(i, int)) or i < 0 for i in cfg.suppress_ids + cfg.delimiter_ids):
+    _fail(prefix, "suppress_ids" if cfg.suppress_ids else "delimiter_ids",
+          "token ids must be integers >= 0")
+  return cfg
