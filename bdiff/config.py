@@ -99,6 +99,10 @@ def validate(cfg, mesh_shape: tuple[int, ...] | None = None) -> None:
     raise ValueError(f"config is missing sections {missing}; start from bdiff.config.base_config()")
   validate_model_config(cfg.model)
   validate_diffusion_config(cfg.diffusion, cfg.train.seq_len)
+  if cfg.diffusion.time_conditioning:
+    raise ValueError("diffusion.time_conditioning=True needs a time input that "
+                     "bdiff.models.Transformer does not have (BD3-LM trains without it, "
+                     "block_diffusion.md §6.4)")
   validate_data_config(cfg.data)
   _validate_optim(cfg)
   _validate_train(cfg)
