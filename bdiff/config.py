@@ -137,3 +137,30 @@ def _merge(cfg, d: dict, prefix: str) -> None:
       _merge(cfg[key], value, prefix=f"{prefix}{key}.")
     else:
       cfg[key] = value
+
+
+def parse_variant(arg: str | None, origin: str, **allowed: tuple) -> dict:
+  """Parse ``configs/x.py:key=value,key=value`` variants (big_vision style).
+
+  Args:
+    arg: the text after the colon, or None.
+    origin: the config file, for error messages.
+    **allowed: key -> tuple of accepted values (ints are parsed as ints); an empty tuple
+      accepts any int.
+
+  Returns:
+    {key: value} for the keys given.
+  """
+  out = {}
+  for item in filter(None, (arg or "").split(",")):
+    key, _, raw = item.partition("=")
+    if key not in allowed:
+      raise ValueError(f"{origin}: unknown variant key {key!r} (known: {sorted(allowed)})")
+    try:
+      value = int(raw)
+    except ValueError:
+      value = raw
+    if allowed[key] and value not in allowed[key]:
+      raise ValueError(f"{origin}: variant {key} must be one of {allowed[key]}, got {raw!r}")
+    out[key] = value
+  return out

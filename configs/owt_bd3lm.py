@@ -9,16 +9,12 @@ Recipe (block_diffusion.md §11): AdamW lr 3e-4, betas (0.9, 0.999), wd 0, warmu
 1.0, EMA 0.9999, loglinear schedule, antithetic per-block t. The tensorstore array must be
 prepared first (no download happens at run time); GPT-2's vocabulary is 50257.
 """
-from bdiff.config import base_config
+from bdiff.config import base_config, parse_variant
 
 
 def get_config(arg: str | None = None):
-  block_size = 16
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key != "block_size" or int(value) not in (4, 8, 16):
-      raise ValueError(f"configs/owt_bd3lm.py: variant must be block_size=4|8|16, got {item!r}")
-    block_size = int(value)
+  block_size = parse_variant(arg, "configs/owt_bd3lm.py", block_size=(4, 8, 16)).get(
+      "block_size", 16)
   cfg = base_config()
   cfg.name = f"owt_bd3lm_b{block_size}"
   cfg.model.update(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, n_kv_heads=12,

@@ -3,9 +3,10 @@
   bdiff train --config configs/stdlib.py --workdir runs/stdlib
 
 Hardware: one H100 (bf16). Expected: a few hundred steps in minutes; see docs/BENCHMARKS.md.
+Variant ``configs/stdlib.py:attention_impl=pallas`` (or cudnn, xla).
 Byte tokenizer, seq 1024, block 16, 12 layers x 768, GQA 12/4 heads.
 """
-from bdiff.config import base_config
+from bdiff.config import base_config, parse_variant
 
 
 def get_config(arg: str | None = None):
@@ -18,6 +19,6 @@ def get_config(arg: str | None = None):
   cfg.train.update(steps=300, global_batch=32, seq_len=1024, log_every=20, eval_every=0,
                    eval_batches=8, checkpoint_every=0)
   cfg.optim.update(lr=6e-4, warmup_steps=50, grad_clip=1.0)
-  if arg:
-    cfg.model.attention_impl = arg  # configs/stdlib.py:pallas | cudnn | xla
+  cfg.model.update(parse_variant(arg, "configs/stdlib.py",
+                                 attention_impl=("xla", "cudnn", "pallas")))
   return cfg

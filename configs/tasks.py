@@ -6,7 +6,7 @@
 Hardware: CPU (2 cores: ~3 min for the default 600 steps) or any accelerator.
 Variants: ``configs/tasks.py:block_size=8``.
 """
-from bdiff.config import base_config
+from bdiff.config import base_config, parse_variant
 
 
 def get_config(arg: str | None = None):
@@ -20,9 +20,5 @@ def get_config(arg: str | None = None):
   cfg.optim.update(lr=2e-3, warmup_steps=50)
   cfg.eval.update(tasks="copy,reverse,sort", num_examples=64, batch_size=32)
   cfg.sample.update(max_new_tokens=24, batch_size=32)
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key != "block_size":
-      raise ValueError(f"configs/tasks.py: unknown variant key {key!r} (known: block_size)")
-    cfg.diffusion.block_size = int(value)
+  cfg.diffusion.update(parse_variant(arg, "configs/tasks.py", block_size=()))
   return cfg

@@ -5,7 +5,7 @@
 Hardware: any CPU. Expected time: ~20 s for 40 steps on 2 cores (compile included).
 Variants: ``configs/tiny.py:block_size=4``.
 """
-from bdiff.config import base_config
+from bdiff.config import base_config, parse_variant
 
 
 def get_config(arg: str | None = None):
@@ -19,14 +19,5 @@ def get_config(arg: str | None = None):
   cfg.optim.update(lr=3e-3, warmup_steps=5)
   cfg.sample.update(max_new_tokens=16, batch_size=4)
   cfg.eval.update(num_examples=8, batch_size=8)
-  _apply_arg(cfg, arg)
+  cfg.diffusion.update(parse_variant(arg, "configs/tiny.py", block_size=()))
   return cfg
-
-
-def _apply_arg(cfg, arg: str | None) -> None:
-  """``key=value`` pairs after the colon (big_vision style): only block_size for now."""
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key != "block_size":
-      raise ValueError(f"configs/tiny.py: unknown variant key {key!r} (known: block_size)")
-    cfg.diffusion.block_size = int(value)
