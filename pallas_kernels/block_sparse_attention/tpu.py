@@ -1,0 +1,364 @@
+"""Mosaic TPU block-sparse attention driven by a :class:`SparsityPlan` (kernels.md §4.6).
+
+Splash-attention design: the plan tables are scalar-prefetched into SMEM and read by the index
+maps, so each grid step ``(b, h, i, j)`` loads KV tile ``kv_idx[i, j]``. Steps past a row's
+count repeat the last index (no new DMA) and skip compute. Partial tiles evaluate the mask
+predicate on int32 iota tiles offset by the GLOBAL tile index from the table (never the grid
+index). Online softmax in natural base with f32 m/l/acc scratch; a row that saw no allowed key
+writes O = 0, LSE = -inf (kernels.md §3.2.6, §10).
+
+Backward: dQ over the forward lists (same grid), dK/dV over the transposed lists with grid
+``(b, kv_head, kv_tile, group, t)`` so the GQA heads of a group and the query tiles reduce
+into one output block written over consecutive steps; the dK/dV body works on transposed
+score tiles (kᵀ-major, as splash does) so every matmul is NN or NT.
+
+Runs on TPU, and on CPU with ``interpret=True`` or ``pltpu.InterpretParams()`` (§8). Layout
+inside: [b, heads, T, d]; lengths padded to tile multiples here (the plan masks padded keys).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels.block_sparse_attention import plan as plan_lib
+
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: exp(MASK - MASK) is 1, not NaN
+_NT = (((1,), (1,)), ((), ()))  # a @ b.T
+_NN = (((1,), (0,)), ((), ()))  # a @ b
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  """Static kernel configuration (hashable, closed over by the kernel bodies)."""
+  plan_mask: object
+  kv_len: int
+  block_q: int
+  block_k: int
+  num_q_tiles: int
+  num_kv_tiles: int
+  kv_capacity: int
+  q_capacity: int
+  plan_batch: int
+  plan_heads: int
+  heads: int
+  kv_heads: int
+  scale: float
+
+  @property
+  def group(self) -> int:
+    return self.heads // self.kv_heads
+
+  def plan_group(self, b, h):
+    """Flat (batch, head) group index into the plan tables for query head h."""
+    pb = b if self.plan_batch > 1 else 0
+    if self.plan_heads == 1:
+      ph = 0
+    elif self.plan_heads == self.heads:
+      ph = h
+    else:
+      ph = h // self.group
+    return pb * self.plan_heads + ph
+
+  def fwd_slot(self, b, h, i, j):
+    return (self.plan_group(b, h) * self.num_q_tiles + i) * self.kv_capacity + j
+
+  def fwd_row(self, b, h, i):
+    return self.plan_group(b, h) * self.num_q_tiles + i
+
+  def bwd_slot(self, b, h, j, t):
+    return (self.plan_group(b, h) * self.num_kv_tiles + j) * self.q_capacity + t
+
+  def bwd_row(self, b, h, j):
+    return self.plan_group(b, h) * self.num_kv_tiles + j
+
+  def allowed(self, q_tile, k_tile, transposed: bool = False):
+    """bool [bq, bk] ([bk, bq] if transposed): the predicate on the tile at GLOBAL tile
+    indices (q_tile, k_tile), on int32 iotas (no in-kernel transpose)."""
+    shape = (self.block_k, self.block_q) if transposed else (self.block_q, self.block_k)
+    q_dim, k_dim = (1, 0) if transposed else (0, 1)
+    q = q_tile * self.block_q + jax.lax.broadcasted_iota(jnp.int32, shape, q_dim)
+    k = k_tile * self.block_k + jax.lax.broadcasted_iota(jnp.int32, shape, k_dim)
+    return self.plan_mask.predicate(q, k) & (k < self.kv_len)
+
+
+def _config(plan: plan_lib.SparsityPlan, heads: int, kv_heads: int, scale: float) -> _Config:
+  return _Config(
+      plan_mask=plan.mask, kv_len=plan.kv_len, block_q=plan.block_q, block_k=plan.block_k,
+      num_q_tiles=plan.num_q_tiles, num_kv_tiles=plan.num_kv_tiles,
+      kv_capacity=plan.max_kv_tiles, q_capacity=plan.max_q_tiles,
+      plan_batch=plan.group_shape[0], plan_heads=plan.group_shape[1], heads=heads,
+      kv_heads=kv_heads, scale=float(scale))
+
+
+def _tables(plan: plan_lib.SparsityPlan):
+  """Flattened int32 tables for SMEM (1-D avoids SMEM padding of trailing dims)."""
+  flat = lambda x: jnp.asarray(x, jnp.int32).reshape(-1)
+  return (flat(plan.kv_count), flat(plan.kv_idx), flat(plan.kv_full), flat(plan.q_count),
+          flat(plan.q_idx), flat(plan.q_full))
+
+
+def _params(interpret, semantics):
+  return dict(interpret=interpret,
+              compiler_params=pltpu.CompilerParams(dimension_semantics=semantics))
+
+
+def _pad_seq(x, multiple: int):
+  """[b, h, T, d] -> padded with zeros to a multiple of ``multiple`` along T."""
+  pad = -x.shape[2] % multiple
+  return jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) if pad else x
+
+
+# --------------------------------------------------------------------------------------------
+# Forward.
+
+
+def _fwd_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
+                m_scr, l_scr, acc_scr, *, cfg: _Config):
+  b, h, i, j = (pl.program_id(a) for a in range(4))
+  slot = cfg.fwd_slot(b, h, i, j)
+  active = j < cnt_ref[cfg.fwd_row(b, h, i)]
+  is_full = full_ref[slot] != 0
+
+  @pl.when(j == 0)
+  def _init():
+    m_scr[...] = jnp.full_like(m_scr, MASK_VALUE)
+    l_scr[...] = jnp.zeros_like(l_scr)
+    acc_scr[...] = jnp.zeros_like(acc_scr)
+
+  def update(masked: bool):
+    q, k, v = q_ref[...], k_ref[...], v_ref[...]
+    s = jax.lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * cfg.scale
+    if masked:
+      allowed = cfg.allowed(i, idx_ref[slot])
+      s = jnp.where(allowed, s, MASK_VALUE)
+    m_prev = m_scr[...]
+    m_new = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
+    p = jnp.exp(s - m_new)
+    if masked:  # a row masked so far has m_new == MASK_VALUE and exp(0) = 1 on masked keys
+      p = jnp.where(allowed, p, 0.0)
+    alpha = jnp.exp(m_prev - m_new)
+    l_scr[...] = alpha * l_scr[...] + jnp.sum(p, axis=1, keepdims=True)
+    acc_scr[...] = alpha * acc_scr[...] + jax.lax.dot_general(
+        p.astype(v.dtype), v, _NN, preferred_element_type=jnp.float32)
+    m_scr[...] = m_new
+
+  pl.when(active & is_full)(lambda: update(False))
+  pl.when(active & jnp.logical_not(is_full))(lambda: update(True))
+
+  @pl.when(j == cfg.kv_capacity - 1)
+  def _finish():
+    l = l_scr[...]
+    empty = l == 0.0
+    safe_l = jnp.where(empty, 1.0, l)
+    o_ref[...] = jnp.where(empty, 0.0, acc_scr[...] / safe_l).astype(o_ref.dtype)
+    lse_ref[...] = jnp.where(empty, -jnp.inf, m_scr[...] + jnp.log(safe_l))
+
+
+def forward(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float, interpret=False):
+  """Forward kernel.
+
+  Args:
+    q: [b, heads, q_len, d]; k, v: [b, kv_heads, kv_len, d] (heads-major layout).
+    plan: sparsity plan matching q_len / kv_len.
+    scale: logit scale.
+    interpret: False on TPU; True or ``pltpu.InterpretParams()`` on CPU.
+
+  Returns:
+    out [b, heads, q_len, d] in q.dtype, lse f32 [b, heads, q_len].
+  """
+  b, h, lq, d = q.shape
+  hkv = k.shape[1]
+  cfg = _config(plan, h, hkv, scale)
+  bq, bk, g = cfg.block_q, cfg.block_k, cfg.group
+  qp, kp, vp = _pad_seq(q, bq), _pad_seq(k, bk), _pad_seq(v, bk)
+  cnt, idx, full = _tables(plan)[:3]
+
+  def q_map(b_, h_, i, j, cnt_ref, idx_ref, full_ref):
+    return b_, h_, i, 0
+
+  def kv_map(b_, h_, i, j, cnt_ref, idx_ref, full_ref):
+    return b_, h_ // g, idx_ref[cfg.fwd_slot(b_, h_, i, j)], 0
+
+  grid_spec = pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=3,
+      grid=(b, h, cfg.num_q_tiles, cfg.kv_capacity),
+      in_specs=[pl.BlockSpec((None, None, bq, d), q_map),
+                pl.BlockSpec((None, None, bk, d), kv_map),
+                pl.BlockSpec((None, None, bk, d), kv_map)],
+      out_specs=[pl.BlockSpec((None, None, bq, d), q_map),
+                 pl.BlockSpec((None, None, bq, 1), q_map)],
+      scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
+                      pltpu.VMEM((bq, d), jnp.float32)])
+  out, lse = pl.pallas_call(
+      functools.partial(_fwd_kernel, cfg=cfg),
+      grid_spec=grid_spec,
+      out_shape=[jax.ShapeDtypeStruct(qp.shape, q.dtype),
+                 jax.ShapeDtypeStruct(qp.shape[:3] + (1,), jnp.float32)],
+      name="bdiff_block_sparse_fwd",
+      **_params(interpret, ("parallel", "parallel", "arbitrary", "arbitrary")),
+  )(cnt, idx, full, qp, kp, vp)
+  return out[:, :, :lq], lse[:, :, :lq, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# Backward.
+
+
+def _probs(cfg: _Config, q, k, lse, masked: bool, q_tile, k_tile):
+  """p = exp(s - lse) [bq, bk] recomputed, zero on masked keys and on empty rows."""
+  s = jax.lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * cfg.scale
+  p = jnp.exp(s - lse)
+  if masked:  # masked elements (and rows with lse = -inf, which only partial tiles hold)
+    p = jnp.where(cfg.allowed(q_tile, k_tile), p, 0.0)
+  return p
+
+
+def _dq_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref,
+               dq_ref, dq_scr, *, cfg: _Config):
+  b, h, i, j = (pl.program_id(a) for a in range(4))
+  slot = cfg.fwd_slot(b, h, i, j)
+  active = j < cnt_ref[cfg.fwd_row(b, h, i)]
+  is_full = full_ref[slot] != 0
+
+  @pl.when(j == 0)
+  def _init():
+    dq_scr[...] = jnp.zeros_like(dq_scr)
+
+  def update(masked: bool):
+    q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
+    p = _probs(cfg, q, k, lse_ref[...], masked, i, idx_ref[slot])
+    dp = jax.lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
+    ds = p * (dp - di_ref[...])
+    dq_scr[...] += jax.lax.dot_general(
+        ds.astype(k.dtype), k, _NN, preferred_element_type=jnp.float32)
+
+  pl.when(active & is_full)(lambda: update(False))
+  pl.when(active & jnp.logical_not(is_full))(lambda: update(True))
+
+  @pl.when(j == cfg.kv_capacity - 1)
+  def _finish():
+    dq_ref[...] = (dq_scr[...] * cfg.scale).astype(dq_ref.dtype)
+
+
+def _dkv_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref,
+                dk_ref, dv_ref, dk_scr, dv_scr, *, cfg: _Config):
+  """Works on the transposed tile sT = k·qᵀ [bk, bq] (as splash does): only NN/NT matmuls,
+  with lse and di as lane-major rows [1, bq]."""
+  b, hk, j, r, t = (pl.program_id(a) for a in range(5))
+  h = hk * cfg.group + r
+  slot = cfg.bwd_slot(b, h, j, t)
+  active = t < cnt_ref[cfg.bwd_row(b, h, j)]
+  is_full = full_ref[slot] != 0
+
+  @pl.when((r == 0) & (t == 0))
+  def _init():
+    dk_scr[...] = jnp.zeros_like(dk_scr)
+    dv_scr[...] = jnp.zeros_like(dv_scr)
+
+  def update(masked: bool):
+    q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
+    s_t = jax.lax.dot_general(k, q, _NT, preferred_element_type=jnp.float32) * cfg.scale
+    p_t = jnp.exp(s_t - lse_ref[...])  # [bk, bq]
+    if masked:  # masked elements (and rows with lse = -inf, which only partial tiles hold)
+      p_t = jnp.where(cfg.allowed(idx_ref[slot], j, transposed=True), p_t, 0.0)
+    dv_scr[...] += jax.lax.dot_general(p_t.astype(do.dtype), do, _NN,
+                                       preferred_element_type=jnp.float32)
+    dp_t = jax.lax.dot_general(v, do, _NT, preferred_element_type=jnp.float32)
+    ds_t = p_t * (dp_t - di_ref[...])
+    dk_scr[...] += jax.lax.dot_general(ds_t.astype(q.dtype), q, _NN,
+                                       preferred_element_type=jnp.float32)
+
+  pl.when(active & is_full)(lambda: update(False))
+  pl.when(active & jnp.logical_not(is_full))(lambda: update(True))
+
+  @pl.when((r == cfg.group - 1) & (t == cfg.q_capacity - 1))
+  def _finish():
+    dk_ref[...] = (dk_scr[...] * cfg.scale).astype(dk_ref.dtype)
+    dv_ref[...] = dv_scr[...].astype(dv_ref.dtype)
+
+
+def backward(q, k, v, out, lse, dout, dlse, plan: plan_lib.SparsityPlan, *, scale: float,
+             interpret=False):
+  """Gradients (dq, dk, dv) of (out, lse) = forward(q, k, v); heads-major layout.
+
+  ``dlse`` (f32 [b, heads, q_len], may be zeros) folds into ``di``: d lse / d s = p, so
+  ``ds = p * (dp - (di - dlse))`` with ``di = sum(out * dout)``.
+  """
+  cfg = _config(plan, q.shape[1], k.shape[1], scale)
+  bq, bk = cfg.block_q, cfg.block_k
+  di = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), axis=-1) - dlse
+  qp, dop = _pad_seq(q, bq), _pad_seq(dout.astype(q.dtype), bq)
+  kp, vp = _pad_seq(k, bk), _pad_seq(v, bk)
+  lsep, dip = _pad_seq(lse[..., None], bq), _pad_seq(di[..., None], bq)  # [b, h, Tq, 1]
+  tables = _tables(plan)
+  dq = _dq_pass(cfg, tables[:3], qp, kp, vp, dop, lsep, dip, interpret)
+  dk, dv = _dkv_pass(cfg, tables[3:], qp, kp, vp, dop, lsep.swapaxes(2, 3),
+                     dip.swapaxes(2, 3), interpret)
+  lq, lk = q.shape[2], k.shape[2]
+  return dq[:, :, :lq], dk[:, :, :lk], dv[:, :, :lk]
+
+
+def _dq_pass(cfg: _Config, tables, qp, kp, vp, dop, lse, di, interpret):
+  """dQ over the forward grid and lists; lse, di as columns [b, h, Tq, 1]."""
+  b, h, _, d = qp.shape
+  bq, bk, g = cfg.block_q, cfg.block_k, cfg.group
+
+  def q_map(b_, h_, i, j, *_):
+    return b_, h_, i, 0
+
+  def kv_map(b_, h_, i, j, cnt_ref, idx_ref, full_ref):
+    return b_, h_ // g, idx_ref[cfg.fwd_slot(b_, h_, i, j)], 0
+
+  q_spec = pl.BlockSpec((None, None, bq, d), q_map)
+  row_spec = pl.BlockSpec((None, None, bq, 1), q_map)
+  kv_spec = pl.BlockSpec((None, None, bk, d), kv_map)
+  return pl.pallas_call(
+      functools.partial(_dq_kernel, cfg=cfg),
+      grid_spec=pltpu.PrefetchScalarGridSpec(
+          num_scalar_prefetch=3, grid=(b, h, cfg.num_q_tiles, cfg.kv_capacity),
+          in_specs=[q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec],
+          out_specs=q_spec, scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)]),
+      out_shape=jax.ShapeDtypeStruct(qp.shape, qp.dtype),
+      name="bdiff_block_sparse_dq",
+      **_params(interpret, ("parallel", "parallel", "arbitrary", "arbitrary")),
+  )(*tables, qp, kp, vp, dop, lse, di)
+
+
+def _dkv_pass(cfg: _Config, tables, qp, kp, vp, dop, lse, di, interpret):
+  """dK/dV over the transposed lists; lse, di as rows [b, h, 1, Tq]. The group heads r and
+  the query tiles t reduce into one output block, written over consecutive steps."""
+  b, hkv, _, d = kp.shape
+  bq, bk, g = cfg.block_q, cfg.block_k, cfg.group
+
+  def q_map(b_, hk, j, r, t, cnt_ref, idx_ref, full_ref):
+    h_ = hk * g + r
+    return b_, h_, idx_ref[cfg.bwd_slot(b_, h_, j, t)], 0
+
+  def row_map(b_, hk, j, r, t, cnt_ref, idx_ref, full_ref):
+    h_ = hk * g + r
+    return b_, h_, 0, idx_ref[cfg.bwd_slot(b_, h_, j, t)]
+
+  def kv_map(b_, hk, j, r, t, *_):
+    return b_, hk, j, 0
+
+  q_spec = pl.BlockSpec((None, None, bq, d), q_map)
+  row_spec = pl.BlockSpec((None, None, 1, bq), row_map)
+  kv_spec = pl.BlockSpec((None, None, bk, d), kv_map)
+  return pl.pallas_call(
+      functools.partial(_dkv_kernel, cfg=cfg),
+      grid_spec=pltpu.PrefetchScalarGridSpec(
+          num_scalar_prefetch=3, grid=(b, hkv, cfg.num_kv_tiles, g, cfg.q_capacity),
+          in_specs=[q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec],
+          out_specs=[kv_spec, kv_spec],
+          scratch_shapes=[pltpu.VMEM((bk, d), jnp.float32), pltpu.VMEM((bk, d), jnp.float32)]),
+      out_shape=[jax.ShapeDtypeStruct(kp.shape, kp.dtype),
+                 jax.ShapeDtypeStruct(vp.shape, vp.dtype)],
+      name="bdiff_block_sparse_dkv",
+      **_params(interpret, ("parallel", "parallel", "arbitrary", "arbitrary", "arbitrary")),
+  )(*tables, qp, kp, vp, dop, lse, di)
