@@ -110,8 +110,11 @@ def cudnn_attention(q, k, v, mask=None, *, segment_ids=None, scale=None):
                                       implementation="cudnn")
 
 
-def pallas_attention(q, k, v, mask, *, segment_ids=None, scale=None):
-  """Block-sparse Pallas kernels; the mask must be a static mask object."""
+def pallas_attention(q, k, v, mask, *, segment_ids=None, scale=None, backend=None):
+  """Block-sparse Pallas kernels; the mask must be a static mask object.
+
+  ``backend`` picks the kernel ("tpu", "tpu_interpret", "reference"); None = by platform.
+  """
   if not isinstance(mask, masks_lib.Mask):
     raise ValueError('impl="pallas" needs a bdiff.masks mask object (the sparsity plan is '
                      "built from it); got an explicit array: use impl=\"xla\" for those")
@@ -119,10 +122,11 @@ def pallas_attention(q, k, v, mask, *, segment_ids=None, scale=None):
     raise ValueError('impl="pallas" does not take segment_ids yet; use impl="xla"')
   from pallas_kernels.block_sparse_attention import api  # pylint: disable=import-outside-toplevel
   plan = api.plan_for_mask(mask)
-  return api.block_sparse_attention(q, k, v, plan, scale=scale)
+  return api.block_sparse_attention(q, k, v, plan, scale=scale, backend=backend)
 
 
-def attend(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=None):
+def attend(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=None,
+           backend: str | None = None):
   """Multi-head attention with GQA.
 
   Args:
@@ -132,6 +136,8 @@ def attend(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=Non
     impl: "xla", "cudnn" or "pallas".
     segment_ids: optional (q_segment_ids [b, q], kv_segment_ids [b, kv]).
     scale: logit scale, default 1/sqrt(head_dim).
+    backend: impl="pallas" only: kernel backend ("tpu", "tpu_interpret", "reference");
+      None picks by platform.
 
   Returns:
     [batch, q_len, heads, head_dim] in q's dtype.
@@ -141,5 +147,6 @@ def attend(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=Non
   if impl == "cudnn":
     return cudnn_attention(q, k, v, mask, segment_ids=segment_ids, scale=scale)
   if impl == "pallas":
-    return pallas_attention(q, k, v, mask, segment_ids=segment_ids, scale=scale)
+    return pallas_attention(q, k, v, mask, segment_ids=segment_ids, scale=scale,
+                            backend=backend)
   raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")

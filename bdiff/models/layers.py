@@ -82,7 +82,7 @@ class Attention(nn.Module):
       v = jnp.concatenate([cache[1].astype(v.dtype), v], axis=1)
     mask = self.static_mask if dyn_mask is None else dyn_mask
     out = attention_lib.attend(q, k, v, mask, impl=cfg.attention_impl,
-                               segment_ids=segment_ids)
+                               segment_ids=segment_ids, backend=cfg.pallas_backend or None)
     out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=False, dtype=dtype,
                           param_dtype=jnp.float32,
                           kernel_init=_init(("heads", "head_dim", "embed"),

@@ -50,6 +50,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       scan_layers=True,
       remat="none",            # none | full | dots
       attention_impl="xla",    # xla | cudnn | pallas
+      pallas_backend="",       # impl "pallas": "" = by platform | tpu | tpu_interpret | reference
   ))
 
 
@@ -69,6 +70,9 @@ def validate_model_config(cfg) -> None:
   if cfg.attention_impl not in ("xla", "cudnn", "pallas"):
     raise ValueError(f"model.attention_impl must be xla, cudnn or pallas, got "
                      f"{cfg.attention_impl!r}")
+  if cfg.pallas_backend not in ("", "tpu", "tpu_interpret", "reference"):
+    raise ValueError(f"model.pallas_backend must be '', tpu, tpu_interpret or reference, got "
+                     f"{cfg.pallas_backend!r}")
   try:
     jnp.dtype(cfg.dtype)
   except TypeError as e:
