@@ -112,7 +112,7 @@ def validate(cfg, mesh_shape: tuple[int, ...] | None = None) -> None:
     raise ValueError(f"train.global_batch={cfg.train.global_batch} must be divisible by "
                      f"mesh data*fsdp={batch_shards}")
   from bdiff.sampling import validate_sample_config  # pylint: disable=import-outside-toplevel
-  validate_sample_config(cfg.sample, block_size=cfg.diffusion.block_size)
+  validate_sample_config(cfg.sample, cfg.diffusion.block_size, cfg.diffusion.token_shift)
 
 
 def to_dict(cfg) -> dict:

@@ -1,0 +1,151 @@
+"""Sampler speed: tokens/s, forwards, and the while-loop's overhead (``bdiff bench``).
+
+Compilation is always excluded from timings (AOT ``lower().compile()``) and reported apart.
+The loop overhead is ``generate`` wall time divided by what its forwards alone cost:
+``t_init + iterations x t_forward``, where ``t_forward`` is one loop forward of the same shape
+(``generate._forward`` on the loop's initial state, jitted alone) and ``t_init`` the prefill
+and setup. A ratio near 1 means strategy logic, cache writes and loop control are cheap.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import time
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bdiff import masks
+from bdiff.data import tasks as tasks_lib
+from bdiff.models import make_model
+from bdiff.sampling import generate as gen
+
+COLUMNS = (("setting", "{}"), ("batch", "{}"), ("tok/s", "{:.1f}"), ("tok/fwd", "{:.2f}"),
+           ("forwards", "{}"), ("ms/forward", "{:.2f}"), ("overhead", "{:.2f}"),
+           ("compile s", "{:.1f}"))
+
+
+def time_fn(fn: Callable, *args, repeats: int = 3) -> float:
+  """Best wall time of ``fn(*args)`` over ``repeats`` runs (already compiled)."""
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def _aot(fn: Callable, *args):
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def random_params(model_cfg, seed: int = 0):
+  """Random-init params of a model config (speed does not depend on the weights)."""
+  model = make_model(model_cfg)
+  z = jnp.zeros((1, 8), jnp.int32)
+  init = jax.jit(model.init, static_argnums=3)
+  return nn.meta.unbox(init(jax.random.key(seed), z, z, masks.causal(8)))["params"]
+
+
+def _forwards(config: gen.SamplerConfig, params, state: gen.LoopState, n: int) -> jax.Array:
+  """``n`` loop forwards from ``state`` inside one compiled loop (no per-call dispatch).
+
+  Each forward's cache input depends on the previous result (times 0.0, which XLA may not
+  fold), so the loop-invariant forward cannot be hoisted out of the loop, and the carry sums
+  every output (logits and K/V), so no part of the forward is dead code.
+  """
+  def body(_, acc):
+    s = state
+    if s.cache is not None:
+      s = s._replace(cache=tuple(c + (acc * 0.0).astype(c.dtype) for c in s.cache))
+    else:
+      s = s._replace(prev_logits=s.prev_logits + acc * 0.0)
+    outs = jax.tree.leaves(gen.loop_forward(params, s, config=config))
+    return acc + sum(jnp.sum(x.astype(jnp.float32)) for x in outs)
+
+  return jax.lax.fori_loop(0, n, body, jnp.zeros((), jnp.float32))
+
+
+def bench(config: gen.SamplerConfig, params, prompts: np.ndarray, lengths: np.ndarray,
+          repeats: int = 3) -> dict:
+  """Time ``generate`` on one batch and break it down into forwards.
+
+  Returns:
+    ``tokens``, ``seconds``, ``tok/s``, ``tok/fwd``, ``forwards`` (loop iterations + prefill),
+    ``ms/forward``, ``overhead`` (wall / forwards-only time), ``compile s``.
+  """
+  b = prompts.shape[0]
+  rng, ids = jax.random.key(0), np.arange(b, dtype=np.int32)
+  args = (params, prompts, rng, lengths, ids)
+  run, compile_s = _aot(lambda *a: gen.generate_fn(*a, config=config), *args)
+  seconds = time_fn(run, *args, repeats=repeats)
+  out = jax.tree.map(np.asarray, run(*args))
+
+  init_c, _ = _aot(lambda p, x, r, n, u: gen.initial_state(p, x, r, n, u, config=config),
+                   *args)
+  state = init_c(*args)
+  iterations = int(out["iterations"])
+  n_fwd = max(iterations, 1)
+  forwards_c, _ = _aot(lambda p, s: _forwards(config, p, s, n_fwd), params, state)
+  t_init = time_fn(init_c, *args, repeats=repeats)
+  t_fwd = time_fn(forwards_c, params, state, repeats=repeats) / n_fwd
+  tokens = int(out["num_tokens"].sum())
+  forwards = int((out["nfe_denoise"] + out["nfe_commit"]).sum())
+  return {"tokens": tokens, "seconds": seconds, "tok/s": tokens / seconds,
+          "tok/fwd": tokens / max(forwards, 1),
+          "forwards": iterations + int(out["nfe_prefill"]), "ms/forward": 1e3 * t_fwd,
+          "overhead": seconds / (t_init + iterations * t_fwd), "compile s": compile_s}
+
+
+def task_prompts(tokenizer, task: str, batch: int, seed: int = 0, prefix: str = "eos"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """A right-padded batch of task prompts ``([b, P], lengths [b])``."""
+  pre = {"none": [], "bos": [tokenizer.bos_id], "eos": [tokenizer.eos_id]}[prefix]
+  seqs = [pre + tokenizer.encode(ex.prompt) for ex in tasks_lib.make_examples(task, batch, seed)]
+  width = max(len(s) for s in seqs)
+  x = np.zeros((batch, width), np.int32)
+  for i, s in enumerate(seqs):
+    x[i, :len(s)] = s
+  return x, np.array([len(s) for s in seqs], np.int32)
+
+
+def machine() -> str:
+  dev = jax.devices()[0]
+  return f"{dev.platform}:{getattr(dev, 'device_kind', '?')} x{jax.device_count()} " \
+         f"({platform.node()}, {os.cpu_count()} cpus), jax {jax.__version__}"
+
+
+def format_table(rows, columns=COLUMNS) -> str:
+  from bdiff.eval.tasks import format_table as fmt  # pylint: disable=import-outside-toplevel
+  return fmt(rows, columns)
+
+
+def main(cfg, workdir: str) -> list[dict]:
+  """``bdiff bench``: the run's configured sampler at batch 1 and ``sample.batch_size``.
+
+  Prompts come from the first of ``eval.tasks``. Prints a table and writes
+  ``workdir/bench.json`` (with the machine and date).
+  """
+  from bdiff.train.loop import restore_params  # pylint: disable=import-outside-toplevel
+  cfg, params, tokenizer = restore_params(workdir, cfg)
+  config = gen.SamplerConfig.from_config(cfg, eos_id=tokenizer.eos_id)
+  task = cfg.eval.tasks.split(",")[0].strip()
+  rows = []
+  for batch in sorted({1, cfg.sample.batch_size}):
+    x, lengths = task_prompts(tokenizer, task, batch, cfg.eval.seed, cfg.sample.prompt_prefix)
+    rows.append({"setting": f"{config.strategy.name} B={config.block_size}", "batch": batch,
+                 **bench(config, params, x, lengths)})
+  print(format_table(rows))
+  print(f"machine: {machine()}; compile time excluded from tok/s")
+  record = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": machine(), "rows": rows}
+  with open(os.path.join(workdir, "bench.json"), "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=1)
+  return rows

@@ -1,0 +1,112 @@
+"""The sampler's exact block KV cache (block_diffusion.md §3.8, decoding.md §1.3-1.4).
+
+The cache is preallocated for the whole row buffer, ``(k, v)`` each
+``[n_layers, b, L, kv_heads, head_dim]``, holding post-RoPE keys at absolute (row-local)
+positions. A row's valid prefix is ``[0, cache_len[r])``; it only ever holds *clean* blocks,
+written once by the commit pass that re-runs the finished block (never the K/V of a denoising
+step, which saw [MASK] inputs). Rows advance independently, so every write and every
+validity test is per row (masked, fixed-shape); nothing is indexed dynamically by a traced
+length except the per-row window start.
+
+Exactness: a clean block's K/V depend only on blocks at or before it under the block-causal
+mask, so the cache equals what a full recomputation would produce (``exact = True``).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from bdiff import masks as masks_lib
+
+EXACT = True  # logged with results (decoding.md §1.4)
+
+Cache = tuple[jax.Array, jax.Array]
+
+
+def init_cache(model_cfg, batch: int, length: int) -> Cache:
+  """Zeros ``(k, v)`` each ``[n_layers, batch, length, kv_heads, head_dim]`` (compute dtype)."""
+  shape = (model_cfg.n_layers, batch, length, model_cfg.n_kv_heads, model_cfg.head_dim)
+  zeros = jnp.zeros(shape, jnp.dtype(model_cfg.dtype))
+  return zeros, zeros
+
+
+def gather_windows(x: jax.Array, start: jax.Array, width: int) -> jax.Array:
+  """Per-row ``x[r, start[r] : start[r] + width]`` for ``x [b, L, ...]`` (indices clipped)."""
+  idx = start[:, None] + jnp.arange(width, dtype=jnp.int32)[None, :]
+  idx = jnp.clip(idx, 0, x.shape[1] - 1)
+  idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, idx, axis=1)
+
+
+def _write_row(row: jax.Array, new_row: jax.Array, start: jax.Array, write: jax.Array,
+               axis: int) -> jax.Array:
+  """``row[..., start : start + w, ...] = new_row`` along ``axis`` if ``write`` (in place)."""
+  idx = tuple(start if a == axis else 0 for a in range(row.ndim))
+  # A row that does not write stores back what it read: the update stays an in-place
+  # dynamic_update_slice instead of a select over the whole buffer.
+  old = jax.lax.dynamic_slice(row, idx, new_row.shape)
+  return jax.lax.dynamic_update_slice(row, jnp.where(write, new_row, old), idx)
+
+
+def update_windows(x: jax.Array, new: jax.Array, start: jax.Array,
+                   write: jax.Array) -> jax.Array:
+  """Per-row ``x[r, start[r] : start[r] + w] = new[r]`` where ``write[r]`` (``x [b, L, ...]``)."""
+  return jax.vmap(lambda r, n, s, w: _write_row(r, n, s, w, 0))(x, new, start, write)
+
+
+def write_blocks(cache: Cache, new_kv: Cache, start: jax.Array, write: jax.Array) -> Cache:
+  """Write a block's ``(k, v)`` ``[n_layers, b, w, h, d]`` at per-row ``start`` where ``write``."""
+  one = jax.vmap(lambda r, n, s, w: _write_row(r, n, s, w, 1), in_axes=(1, 1, 0, 0),
+                 out_axes=1)  # rows live on axis 1 of the cache, positions on axis 2
+  return tuple(one(c, n.astype(c.dtype), start, write) for c, n in zip(cache, new_kv))
+
+
+def window_mask(window_start: jax.Array, cache_size: int, width: int,
+                block_size: int) -> jax.Array:
+  """Runtime mask ``[b, width, cache_size + width]`` for a query window against the cache.
+
+  The window starts at ``window_start[r]`` (block aligned) and the cache holds every clean
+  block before it, so cache keys ``j < window_start[r]`` are visible to every query. Inside
+  the window (one block, or two in fused-commit mode) the block-causal rule applies, and
+  window keys at negative positions (the missing previous block of a row's first block) are
+  hidden from every other query. Each query still sees itself, so no attention row is empty:
+  backends differ on empty rows (NaN vs 0), and a NaN value row would poison the window's
+  other outputs through ``0 x NaN``.
+  """
+  b = window_start.shape[0]
+  j = jnp.arange(cache_size, dtype=jnp.int32)
+  in_cache = jnp.broadcast_to((j[None, :] < window_start[:, None])[:, None, :],
+                              (b, width, cache_size))
+  w = jnp.arange(width, dtype=jnp.int32)
+  causal = (w[None, :] // block_size) <= (w[:, None] // block_size)  # [q, k]
+  valid_key = (window_start[:, None] + w[None, :]) >= 0  # [b, k]
+  in_window = (causal[None] & valid_key[:, None, :]) | jnp.eye(width, dtype=bool)[None]
+  return jnp.concatenate([in_cache, in_window], axis=-1)
+
+
+def prefill(apply_fn, tokens: jax.Array, cache: Cache, clean_len: jax.Array,
+            block_size: int) -> tuple[Cache, jax.Array]:
+  """Run the prompts' whole blocks once and store their K/V (block_diffusion.md §3.8).
+
+  Every row's first ``clean_len[r] = ⌊P_r / B⌋·B`` tokens are clean prompt blocks; one forward
+  over the shared width ``tokens.shape[1]`` (a multiple of ``B``) under the block-causal mask
+  computes them, since later positions (prompt tails, [MASK]) cannot reach earlier blocks.
+
+  Args:
+    apply_fn: ``apply_fn(tokens, positions, mask, cache=None, return_kv=True)``.
+    tokens: ``[b, n]`` row buffers' first ``n`` tokens, ``n % block_size == 0``.
+    cache: the preallocated cache.
+    clean_len: ``[b]`` int32 number of tokens to store per row.
+    block_size: B.
+
+  Returns:
+    The updated cache and the prefill logits ``[b, n, V]``.
+  """
+  b, n = tokens.shape
+  positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+  logits, (k, v) = apply_fn(tokens, positions, masks_lib.block_causal(n, n, block_size),
+                            return_kv=True)
+  keep = (jnp.arange(n)[None, :] < clean_len[:, None])[None, :, :, None, None]
+  cache = tuple(c.at[:, :, :n].set(jnp.where(keep, x.astype(c.dtype), 0))
+                for c, x in zip(cache, (k, v)))
+  return cache, logits

@@ -1,0 +1,166 @@
+"""Sampling from a trained run: text in, text out, batched, timed (``bdiff sample``).
+
+:class:`Sampler` wraps :func:`generate.generate` for host-side use: it encodes prompts (with the
+configured ``sample.prompt_prefix`` token and ``sample.max_prompt_len``), packs them into
+fixed-shape batches (so one compile serves every batch), keys each prompt's RNG by its index in
+the input (a prompt's output does not depend on how the input is batched), splits batches over
+the mesh's data axes when they divide evenly, and times each batch with compilation excluded
+(compile time is recorded apart).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+import tqdm
+
+from bdiff.sampling import generate as gen
+from bdiff.train import sharding as sharding_lib
+
+log = logging.getLogger("bdiff")
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+@dataclasses.dataclass
+class Sampler:
+  """A trained model ready to sample: ``Sampler.from_run(workdir).sample(["text", ...])``."""
+  cfg: Any
+  params: Any
+  tokenizer: Any
+  use_mesh: bool = True
+  config: gen.SamplerConfig = dataclasses.field(init=False)
+  compile_seconds: float = dataclasses.field(init=False, default=0.0)
+
+  def __post_init__(self):
+    self.config = gen.SamplerConfig.from_config(self.cfg, eos_id=self.tokenizer.eos_id)
+    self._compiled: dict[tuple[int, int], Any] = {}
+    self._mesh = sharding_lib.make_mesh(self.cfg.mesh) if self.use_mesh else None
+
+  @classmethod
+  def from_run(cls, workdir: str, cfg=None) -> Sampler:
+    """Restore a run's params (EMA when present); ``cfg`` overrides its saved config."""
+    from bdiff.train.loop import restore_params  # pylint: disable=import-outside-toplevel
+    cfg, params, tokenizer = restore_params(workdir, cfg)
+    return cls(cfg, params, tokenizer)
+
+  def encode(self, text: str) -> np.ndarray:
+    """Prompt tokens: the configured prefix token, then the text (last tokens if too long)."""
+    s = self.cfg.sample
+    prefix = {"none": [], "bos": [self.tokenizer.bos_id], "eos": [self.tokenizer.eos_id]}
+    ids = np.asarray(prefix[s.prompt_prefix] + list(self.tokenizer.encode(text)), np.int32)
+    if s.max_prompt_len and len(ids) > s.max_prompt_len:
+      ids = ids[-s.max_prompt_len:]
+    if not len(ids):
+      raise ValueError("empty prompt: set sample.prompt_prefix to 'bos' or 'eos' to sample "
+                       "from nothing")
+    return ids
+
+  def decode(self, tokens: Sequence[int]) -> str:
+    """Text of generated tokens, stop tokens dropped."""
+    return self.tokenizer.decode([t for t in tokens if t not in self.config.stop_ids])
+
+  def _fn(self, batch: int, width: int):
+    """The compiled sampler for one batch shape (compiled once; time kept apart)."""
+    key = (batch, width)
+    if key not in self._compiled:
+      shards = self._mesh.shape["data"] * self._mesh.shape["fsdp"] if self._mesh else 1
+      if self._mesh is not None and shards > 1 and batch % shards == 0:
+        fn = gen.make_sharded_generate(self.config, self._mesh)
+      else:
+        fn = jax.jit(lambda p, x, r, n, u: gen.generate_fn(p, x, r, n, u, config=self.config))
+      args = (self.params, np.zeros((batch, width), np.int32), jax.random.key(0),
+              np.ones((batch,), np.int32), np.arange(batch, dtype=np.int32))
+      start = time.perf_counter()
+      self._compiled[key] = fn.lower(*args).compile()
+      jax.block_until_ready(self._compiled[key](*args))  # first-run setup is not decode time
+      self.compile_seconds += time.perf_counter() - start
+    return self._compiled[key]
+
+  def generate_batch(self, prompts: Sequence[np.ndarray], row_ids: Sequence[int],
+                     batch_size: int, width: int) -> tuple[dict, float]:
+    """One fixed-shape batch (padded with 1-token rows); returns numpy outputs and seconds."""
+    n = len(prompts)
+    x = np.zeros((batch_size, width), np.int32)
+    lengths = np.ones((batch_size,), np.int32)
+    # Padding rows continue the id range: their outputs are dropped anyway.
+    ids = np.arange(batch_size, dtype=np.int32) + (row_ids[0] if len(row_ids) else 0)
+    for i, (p, rid) in enumerate(zip(prompts, row_ids)):
+      x[i, :len(p)], lengths[i], ids[i] = p, len(p), rid
+    fn = self._fn(batch_size, width)
+    rng = jax.random.key(self.cfg.sample.seed)
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(self.params, x, rng, lengths, ids))
+    seconds = time.perf_counter() - start
+    return {k: np.asarray(v)[:n] if np.ndim(v) else np.asarray(v) for k, v in out.items()}, \
+        seconds
+
+  def sample(self, texts: Sequence[str], *, batch_size: int | None = None,
+             first_id: int = 0, progress: bool = False) -> list[dict]:
+    """Sample every prompt; returns one record per prompt, in order.
+
+    Records hold ``prompt``, ``tokens`` (generated ids, stop token included), ``text``,
+    ``num_tokens``, ``num_forwards`` (denoising + commit), ``nfe_denoise``, ``nfe_commit``,
+    ``tokens_per_forward`` and ``seconds`` (wall time of the batch the prompt was decoded in).
+    """
+    batch_size = batch_size or self.cfg.sample.batch_size
+    encoded = [self.encode(t) for t in texts]
+    width = _round_up(max((len(p) for p in encoded), default=1), max(self.config.block_size, 8))
+    records = []
+    starts = range(0, len(texts), batch_size)
+    for lo in tqdm.tqdm(starts, desc="sample", disable=not progress):
+      chunk = encoded[lo:lo + batch_size]
+      ids = range(first_id + lo, first_id + lo + len(chunk))
+      out, seconds = self.generate_batch(chunk, ids, batch_size, width)
+      for i, text in enumerate(texts[lo:lo + batch_size]):
+        records.append(self._record(text, out, i, seconds))
+    return records
+
+  def _record(self, prompt: str, out: dict, i: int, seconds: float) -> dict:
+    n = int(out["num_tokens"][i])
+    tokens = [int(t) for t in out["tokens"][i, :n]]
+    denoise, commit = int(out["nfe_denoise"][i]), int(out["nfe_commit"][i])
+    return dict(prompt=prompt, tokens=tokens, text=self.decode(tokens), num_tokens=n,
+                num_forwards=denoise + commit, nfe_denoise=denoise, nfe_commit=commit,
+                tokens_per_forward=float(out["tokens_per_forward"][i]), seconds=seconds)
+
+
+def read_prompts(path: str) -> list[str]:
+  """Prompts of a JSONL file with a ``"prompt"`` string per line (blank lines skipped)."""
+  prompts = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      item = json.loads(line)
+      if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+        raise ValueError(f"{path}:{lineno}: expected an object with a 'prompt' string")
+      prompts.append(item["prompt"])
+  return prompts
+
+
+def sample_file(cfg, workdir: str, prompts_path: str, out_path: str) -> list[dict]:
+  """``bdiff sample``: one JSON object per prompt of ``prompts_path``, in order, to ``out_path``."""
+  sampler = Sampler.from_run(workdir, cfg)
+  prompts = read_prompts(prompts_path)
+  records = sampler.sample(prompts, progress=True)
+  with open(out_path, "w", encoding="utf-8") as f:
+    for rec in records:
+      f.write(json.dumps(rec) + "\n")
+  tokens = sum(r["num_tokens"] for r in records)
+  seconds = batch_seconds(records, sampler.cfg.sample.batch_size)
+  log.info("sampled %d prompts, %d tokens in %.2fs (+%.2fs compile) -> %s", len(records),
+           tokens, seconds, sampler.compile_seconds, out_path)
+  return records
+
+
+def batch_seconds(records: list[dict], batch_size: int) -> float:
+  """Total decode time: every batch's seconds once (records of a batch share it)."""
+  return float(sum(r["seconds"] for r in records[::batch_size]))

@@ -1,0 +1,142 @@
+"""Accuracy vs parallelism for every decoding strategy on a trained run (decoding.md §4.2, §4.8).
+
+  python experiments/decoding_tradeoff.py --workdir runs/tasks --out results/tradeoff.md
+
+For each strategy in ``SWEEPS`` and each setting of its knobs, decodes the synthetic task suite
+(``--tasks``, default the run's ``eval.tasks``) greedily and records mean accuracy (lenient and
+strict), tokens per forward and tokens/s (compile excluded). Writes a markdown table, a
+two-panel plot (``--out`` with ``.png``) and prints the table. ``--quick`` runs one or two
+settings per strategy. Expected time on 2 CPU cores for ``configs/tasks.py`` with the default
+64 examples per task: ~10 s per setting plus ~4 s compile per setting.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bdiff.data.pipeline import task_names  # noqa: E402
+from bdiff.eval import speed_bench  # noqa: E402
+from bdiff.eval import tasks as eval_tasks  # noqa: E402
+from bdiff.sampling import STRATEGIES, Sampler  # noqa: E402
+from bdiff.sampling.config import UNSUPPORTED_STRATEGIES  # noqa: E402
+from bdiff.train.loop import restore_params  # noqa: E402
+
+
+def sweeps(block: int) -> dict[str, list[dict]]:
+  """Knob settings per strategy (§4.2 grids, trimmed); ``steps`` are per block."""
+  steps = sorted({max(block // d, 1) for d in (1, 2, 4)}, reverse=True)
+  return {
+      "ar": [{}],
+      "threshold": [{"threshold": t} for t in (0.5, 0.7, 0.9, 1.0)],
+      "fast_dllm_v2": [{"threshold": t, "sub_block": max(block // 2, 1)} for t in (0.7, 0.9)],
+      "factor": [{"factor": f} for f in (0.7, 1.3, 1.9)],
+      "static": [{"steps": s, "confidence": c} for s in steps for c in ("prob", "random")],
+      "sequential": [{"steps": s} for s in steps],
+      "sdar_dynamic": [{"steps": s, "threshold": 0.9} for s in steps],
+      "dream": [{"steps": s, "confidence": "margin"} for s in steps],
+      "prophet": [{"steps": s} for s in steps],
+      "ancestral": [{"steps": s} for s in steps],
+      "first_hitting": [{}],
+      "fixed_k": [{"k": k} for k in (2, 4)],
+      "entropy_bounded": [{"gamma": g} for g in (0.1, 0.35, 1.0)],
+      "local_leap": [{"threshold": 0.9, "relaxed_threshold": r} for r in (0.5, 0.75)],
+      "bacd": [{}],
+      "dcd": [{"window": w} for w in (2, 4)],
+  }
+
+
+def run_setting(cfg, params, tokenizer, tasks, strategy: str, knobs: dict) -> dict:
+  cfg = cfg.copy_and_resolve_references()
+  cfg.sample.update(strategy=strategy, temperature=0.0, **knobs)
+  sampler = Sampler(cfg, params, tokenizer)
+  e = cfg.eval
+  rows = eval_tasks.evaluate(sampler, tasks, e.num_examples, e.seed, e.batch_size)
+  tokens = sum(r["tokens"] for r in rows)
+  seconds = sum(r["seconds"] for r in rows)
+  forwards = sum(r["nfe"] * r["n"] for r in rows)
+  mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+  return {"strategy": strategy, "knobs": ", ".join(f"{k}={v}" for k, v in knobs.items()) or "-",
+          "accuracy": mean("accuracy"), "strict": mean("strict"),
+          "tok/fwd": tokens / max(forwards, 1), "tok/s": tokens / max(seconds, 1e-9),
+          "compile s": sampler.compile_seconds,
+          **{f"acc:{r['task']}": r["accuracy"] for r in rows}}
+
+
+def plot(rows: list[dict], path: str) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  for i, name in enumerate(dict.fromkeys(r["strategy"] for r in rows)):
+    pts = sorted((r["tok/fwd"], r["tok/s"], r["accuracy"]) for r in rows
+                 if r["strategy"] == name)
+    marker = "osD^v<>P"[i % 8]  # 16+ strategies outnumber the colour cycle
+    axes[0].plot([p[0] for p in pts], [p[2] for p in pts], marker + "-", label=name, ms=4)
+    axes[1].plot([p[1] for p in pts], [p[2] for p in pts], marker, label=name, ms=4)
+  axes[0].set_xlabel("tokens per forward")
+  axes[1].set_xlabel("tokens / s")
+  axes[1].set_xscale("log")
+  for ax in axes:
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+  axes[1].legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def markdown(rows, cfg, tasks, png: str) -> str:
+  cols = (("strategy", "{}"), ("knobs", "{}"), ("accuracy", "{:.1f}"), ("strict", "{:.1f}"),
+          ("tok/fwd", "{:.2f}"), ("tok/s", "{:.1f}"))
+  return "\n".join([
+      f"### Decoding trade-off: {cfg.name}, block {cfg.diffusion.block_size}",
+      "",
+      f"{datetime.date.today().isoformat()} on {speed_bench.machine()}. Tasks: "
+      f"{', '.join(tasks)} ({cfg.eval.num_examples} examples each, greedy, "
+      f"max_new_tokens={cfg.sample.max_new_tokens}). Accuracy = mean over tasks (%); "
+      "tokens/forward counts denoising and commit forwards; tokens/s excludes compilation.",
+      "",
+      eval_tasks.format_table(rows, cols),
+      "",
+      f"![trade-off]({os.path.basename(png)})",
+      ""])
+
+
+def main(argv=None) -> list[dict]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--out", required=True, help="markdown output; the plot goes beside it")
+  parser.add_argument("--tasks", default=None)
+  parser.add_argument("--num_examples", type=int, default=None)
+  parser.add_argument("--strategies", default=None, help="comma-separated subset")
+  parser.add_argument("--quick", action="store_true", help="first setting of each strategy")
+  args = parser.parse_args(argv)
+  cfg, params, tokenizer = restore_params(args.workdir)
+  if args.num_examples:
+    cfg.eval.num_examples = args.num_examples
+  tasks = task_names(args.tasks or cfg.eval.tasks)
+  grid = sweeps(cfg.diffusion.block_size)
+  names = task_names(args.strategies) if args.strategies else list(grid)
+  missing = set(STRATEGIES) - set(grid) - set(UNSUPPORTED_STRATEGIES)
+  assert not missing, f"strategies without a sweep: {sorted(missing)}"
+  rows = []
+  for name in names:
+    for knobs in grid[name][:1] if args.quick else grid[name]:
+      rows.append(run_setting(cfg, params, tokenizer, tasks, name, knobs))
+      print(rows[-1], flush=True)
+  png = os.path.splitext(args.out)[0] + ".png"
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  plot(rows, png)
+  text = markdown(rows, cfg, tasks, png)
+  with open(args.out, "w", encoding="utf-8") as f:
+    f.write(text)
+  print(text)
+  return rows
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,87 @@
+"""The CLI entry points ``bdiff sample | eval | bench`` on a stand-in run.
+
+``restore_params`` is replaced by random weights of a tiny model: these tests check plumbing
+(records, tables, files), not accuracy, and skip a training run. The quickstart notebook test
+covers the real train -> restore -> sample path.
+"""
+import json
+
+import pytest
+
+from bdiff.config import base_config
+from bdiff.data import ByteTokenizer
+from bdiff.eval import speed_bench
+from bdiff.eval import tasks as eval_tasks
+from bdiff.sampling import run
+from bdiff.train import loop
+
+
+def tiny_cfg():
+  cfg = base_config()
+  cfg.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64,
+                   dtype="float32")
+  cfg.diffusion.block_size = 4
+  cfg.sample.update(max_new_tokens=8, batch_size=4)
+  cfg.eval.update(num_examples=4, batch_size=4)
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def params():
+  return speed_bench.random_params(tiny_cfg().model)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, params):
+  def restore(path, cfg=None, **kw):
+    del kw
+    assert path == str(tmp_path)
+    return (cfg if cfg is not None else tiny_cfg()), params, ByteTokenizer()
+
+  monkeypatch.setattr(loop, "restore_params", restore)
+  return str(tmp_path)
+
+
+def test_sample_file_writes_one_record_per_prompt(workdir, tmp_path):
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["def f(", "x = ", "#"]))
+  out = tmp_path / "out.jsonl"
+  run.sample_file(None, workdir, str(prompts), str(out))
+  recs = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["prompt"] for r in recs] == ["def f(", "x = ", "#"]
+  for r in recs:
+    assert {"tokens", "text", "num_forwards", "seconds"} <= set(r)
+    assert 1 <= len(r["tokens"]) <= 8
+
+
+def test_eval_prints_a_table_per_task(workdir, capsys):
+  rows = eval_tasks.main(tiny_cfg(), workdir, "copy,sort")
+  assert [r["task"] for r in rows] == ["copy", "sort"]
+  for r in rows:
+    assert r["n"] == 4 and 0 <= r["accuracy"] <= 100 and r["tok/fwd"] > 0 and r["tok/s"] > 0
+  table = capsys.readouterr().out
+  assert "| copy |" in table and "tok/s" in table
+  logged = [json.loads(x) for x in open(f"{workdir}/eval_tasks.jsonl", encoding="utf-8")]
+  assert [x["task"] for x in logged] == ["copy", "sort"]
+  assert logged[0]["sample"]["strategy"] == "threshold"
+
+
+def test_correct_answers_score_full_marks(params):
+  """Scoring reads the decoded text: feeding the reference answers back gives 100%."""
+  class Oracle(run.Sampler):
+    def sample(self, texts, **kw):
+      answers = {ex.prompt: ex.answer for ex in eval_tasks.tasks_lib.make_examples("sort", 4, 1)}
+      return [dict(text=answers[t], num_tokens=3, num_forwards=1, seconds=1.0) for t in texts]
+
+  row = eval_tasks.evaluate_task(Oracle(tiny_cfg(), params, ByteTokenizer()), "sort", 4, 1, 4)
+  assert row["accuracy"] == 100.0 and row["strict"] == 100.0
+
+
+def test_bench_reports_overhead(workdir, capsys):
+  cfg = tiny_cfg()
+  cfg.sample.batch_size = 1
+  rows = speed_bench.main(cfg, workdir)
+  assert [r["batch"] for r in rows] == [1]
+  assert rows[0]["tok/s"] > 0 and rows[0]["overhead"] > 0 and rows[0]["compile s"] > 0
+  assert "overhead" in capsys.readouterr().out
+  assert json.load(open(f"{workdir}/bench.json", encoding="utf-8"))["machine"]
