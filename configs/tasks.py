@@ -15,10 +15,13 @@ def get_config(arg: str | None = None):
   cfg.model.update(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384,
                    dtype="float32")
   cfg.diffusion.block_size = 8
-  cfg.data.update(source="tasks", tasks="copy,reverse,sort", num_task_examples=20000)
+  # SFT rule: prompts are given, only answers are noised (block_diffusion.md §4.1); at
+  # inference an EOS before the prompt recreates the packed training context.
+  cfg.data.update(source="tasks", tasks="copy,reverse,sort", num_task_examples=20000,
+                  answer_only=True)
   cfg.train.update(steps=600, global_batch=32, seq_len=64, log_every=50, eval_batches=4)
   cfg.optim.update(lr=2e-3, warmup_steps=50)
   cfg.eval.update(tasks="copy,reverse,sort", num_examples=64, batch_size=32)
-  cfg.sample.update(max_new_tokens=24, batch_size=32)
+  cfg.sample.update(max_new_tokens=24, batch_size=32, prompt_prefix="eos")
   cfg.diffusion.update(parse_variant(arg, "configs/tasks.py", block_size=()))
   return cfg

@@ -35,6 +35,23 @@ def segment_ids_and_positions(tokens: np.ndarray, eos_id: int,
   return segment_ids, (idx - start).astype(np.int32)
 
 
+def answer_mask(tokens: np.ndarray, segment_ids: np.ndarray, sep_id: int) -> np.ndarray:
+  """[rows, len] bool: tokens after a separator within their own document, EOS included.
+
+  The SFT rule of LLaDA / Fast-dLLM v2 / SDAR (block_diffusion.md §4.1): prompt tokens are
+  never masked, only the answer (and its EOS, so the model learns to stop) is supervised. A
+  window that starts inside an answer cannot see that answer's separator and leaves it out.
+  """
+  is_sep = tokens == sep_id
+  seen = np.cumsum(is_sep, axis=1)
+  starts = np.ones_like(is_sep)
+  starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+  # Separators counted before each document starts, carried over the document.
+  before = np.where(starts, seen - is_sep, 0)
+  before = np.maximum.accumulate(before, axis=1)
+  return (seen - before > 0) & ~is_sep
+
+
 class TokenLoader:
   """Batches of packed windows over a flat token array.
 
@@ -47,11 +64,13 @@ class TokenLoader:
     process_index, process_count: this host's rows are
       [process_index * local_batch, (process_index + 1) * local_batch) of the global batch.
     doc_positions: positions restart at each document instead of running 0..seq_len-1.
+    answer_sep_id: when set, batches also hold ``eligible`` (see :func:`answer_mask`): only
+      answer tokens after this separator are noised and supervised.
   """
 
   def __init__(self, source: np.ndarray | ts.TensorStore, seq_len: int, global_batch: int,
                seed: int, *, eos_id: int, process_index: int = 0, process_count: int = 1,
-               doc_positions: bool = False):
+               doc_positions: bool = False, answer_sep_id: int | None = None):
     if isinstance(source, ts.TensorStore):
       if source.rank != 1:
         raise ValueError(f"source must be 1-D, got rank {source.rank}")
@@ -75,6 +94,7 @@ class TokenLoader:
       raise ValueError(f"seed must be >= 0, got {seed}")
     self.source, self.seq_len, self.global_batch, self.seed = source, seq_len, global_batch, seed
     self.eos_id, self.doc_positions = eos_id, doc_positions
+    self.answer_sep_id = answer_sep_id
     self.process_index, self.process_count = process_index, process_count
     self.local_batch = global_batch // process_count
 
@@ -103,7 +123,10 @@ class TokenLoader:
     tokens = self._read_rows(starts)
     segment_ids, positions = segment_ids_and_positions(tokens, self.eos_id,
                                                        self.doc_positions)
-    return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
+    batch = {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
+    if self.answer_sep_id is not None:
+      batch["eligible"] = answer_mask(tokens, segment_ids, self.answer_sep_id)
+    return batch
 
   def batch(self, step: int) -> Batch:
     """This host's rows of training step `step`: tokens, segment_ids, positions [rows, len]."""

@@ -45,6 +45,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       "valid_fraction": 0.02,      # held-out share (files, tokens or task examples)
       "text_field": "text",        # source=text: jsonl field holding the text
       "doc_positions": False,      # positions restart at each document
+      "answer_only": False,        # source=tasks: noise/supervise answers only (SFT rule)
   })
 
 
@@ -87,6 +88,9 @@ def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
            f"{sorted(tasks_lib.TASKS)}")
     _check(isinstance(cfg.num_task_examples, int) and cfg.num_task_examples > 0,
            f"data.num_task_examples must be a positive int, got {cfg.num_task_examples!r}")
+  _check(not cfg.answer_only or cfg.source == "tasks",
+         f"data.answer_only needs data.source='tasks' (answers follow "
+         f"{tasks_lib.ANSWER_SEPARATOR!r}), got source {cfg.source!r}")
 
 
 def _split_tail(tokens: Any, valid_fraction: float) -> tuple[Any, Any]:
@@ -138,6 +142,13 @@ def _tensorstore_tokens(cfg: Config, tok: Tokenizer) -> Split:
   return train, valid, {"num_tokens": meta["num_tokens"], "sha256": meta["source_sha256"]}
 
 
+def _answer_separator(tok) -> int:
+  ids = tok.encode(tasks_lib.ANSWER_SEPARATOR)
+  _check(len(ids) == 1, f"data.answer_only: the tokenizer splits the answer separator "
+         f"{tasks_lib.ANSWER_SEPARATOR!r} into {len(ids)} tokens")
+  return ids[0]
+
+
 def build_data(data_cfg: ml_collections.ConfigDict, seq_len: int, global_batch: int,
                seed: int, *, process_index: int | None = None,
                process_count: int | None = None) -> DataBundle:
@@ -164,7 +175,8 @@ def build_data(data_cfg: ml_collections.ConfigDict, seq_len: int, global_batch: 
   else:
     train, valid, info = _tensorstore_tokens(data_cfg, tok)
   kw = dict(eos_id=tok.eos_id, process_index=process_index, process_count=process_count,
-            doc_positions=data_cfg.doc_positions)
+            doc_positions=data_cfg.doc_positions,
+            answer_sep_id=_answer_separator(tok) if data_cfg.answer_only else None)
   # Only what decides the token streams enters, so unused config keys do not perturb it.
   record = {"source": data_cfg.source, "tokenizer": tok.name, "vocab_size": tok.vocab_size,
             "valid_fraction": data_cfg.valid_fraction, "content": info}

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 _DIGITS = tuple("0123456789")
+ANSWER_SEPARATOR = "="  # every prompt ends with it; the answer follows
 _LIST_PROMPT = re.compile(r"^(\w+)(?: (\d))?(?: at (\d+))?: ([\d ]*)=$")
 _GRID_PROMPT = re.compile(r"^(\w+): ([0-4]{4}) ([0-4]{4}) ([0-4]{4}) ([0-4]{4})=$")
 

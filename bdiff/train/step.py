@@ -46,7 +46,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, cfg):
 
   def loss_fn(params):
     logits_fn = make_logits_fn(model, params, cfg, _segments(batch, cfg))
-    return diffusion.training_loss(logits_fn, batch["tokens"], rng, cfg.diffusion)
+    return diffusion.training_loss(logits_fn, batch["tokens"], rng, cfg.diffusion,
+                                   eligible=batch.get("eligible"))
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

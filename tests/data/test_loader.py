@@ -101,3 +101,16 @@ def test_bad_arguments(kwargs, key):
     TokenLoader(np.zeros((4, 4), np.int32), 2, 2, 0, eos_id=EOS)
   with pytest.raises(ValueError, match="step"):
     TokenLoader(_stream(), 8, 4, 0, eos_id=EOS).batch(-1)
+
+
+def test_answer_mask_marks_answers_and_eos_only():
+  from bdiff.data.loader import answer_mask, segment_ids_and_positions
+  eos, sep = 9, 5
+  #                 p  p  =  a  a  E  p  =  a  E  a(prev answer, cut)
+  row = np.array([[1, 2, sep, 3, 4, eos, 1, sep, 3, eos]])
+  seg, _ = segment_ids_and_positions(row, eos)
+  expect = [[0, 0, 0, 1, 1, 1, 0, 0, 1, 1]]
+  np.testing.assert_array_equal(answer_mask(row, seg, sep), np.array(expect, bool))
+  cut = np.array([[3, 4, eos, 1, sep, 3]])  # window starts inside an answer: left out
+  seg, _ = segment_ids_and_positions(cut, eos)
+  np.testing.assert_array_equal(answer_mask(cut, seg, sep), np.array([[0, 0, 0, 0, 0, 1]], bool))

@@ -116,3 +116,16 @@ def test_hf_tokenizer_with_text_source(tmp_path, hf_tokenizer_json):
   bundle = _build(cfg, seq_len=8)
   assert bundle.tokenizer.decode(bundle.train.batch(0)["tokens"][0]).startswith(
       ("the", "cat", "sat", "on", "mat"))
+
+
+def test_answer_only_tasks_mark_answers():
+  bundle = _build(_cfg(source="tasks", tasks="copy", num_task_examples=300, answer_only=True))
+  batch = bundle.train.batch(0)
+  tokens, eligible = batch["tokens"], batch["eligible"]
+  sep = bundle.tokenizer.encode(tasks.ANSWER_SEPARATOR)[0]
+  assert eligible.any() and not eligible[tokens == sep].any()
+  # Every supervised EOS closes an answer; prompts' letters are never supervised.
+  letters = np.isin(tokens, bundle.tokenizer.encode("copy:"))
+  assert not eligible[letters].any()
+  with pytest.raises(ValueError, match="data.answer_only"):
+    pipeline.validate_data_config(_cfg(answer_only=True))
