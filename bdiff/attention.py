@@ -11,9 +11,9 @@ Backends:
     by the sparsity plan built from the mask object.
 
 Masks are :mod:`bdiff.masks` objects, or explicit boolean arrays broadcastable to
-``[batch, q_len, kv_len]`` / ``[batch, heads, q_len, kv_len]`` for runtime masks (the sampler's
-per-row cache validity). ``segment_ids=(q_seg [b, q], kv_seg [b, kv])`` restricts attention to
-equal segments (packed sequences).
+``[batch, q_len, kv_len]`` / ``[batch, heads, q_len, kv_len]`` for runtime masks (xla and cudnn
+only). ``segment_ids=(q_seg [b, q], kv_seg [b, kv])`` restricts attention to equal segments
+(packed sequences; the sampler's per-row cache validity) on every backend.
 """
 from __future__ import annotations
 
@@ -113,16 +113,18 @@ def cudnn_attention(q, k, v, mask=None, *, segment_ids=None, scale=None):
 def pallas_attention(q, k, v, mask, *, segment_ids=None, scale=None, backend=None):
   """Block-sparse Pallas kernels; the mask must be a static mask object.
 
-  ``backend`` picks the kernel ("tpu", "tpu_interpret", "reference"); None = by platform.
+  Runtime (per-row) structure goes through ``segment_ids``, which the kernels compare per
+  tile. ``backend`` picks the kernel ("tpu", "tpu_interpret", "reference"); None = by
+  platform.
   """
   if not isinstance(mask, masks_lib.Mask):
     raise ValueError('impl="pallas" needs a bdiff.masks mask object (the sparsity plan is '
-                     "built from it); got an explicit array: use impl=\"xla\" for those")
-  if segment_ids is not None:
-    raise ValueError('impl="pallas" does not take segment_ids yet; use impl="xla"')
+                     "built from it); got an explicit array: express per-row structure "
+                     'as segment_ids, or use impl="xla"')
   from pallas_kernels.block_sparse_attention import api  # pylint: disable=import-outside-toplevel
   plan = api.plan_for_mask(mask)
-  return api.block_sparse_attention(q, k, v, plan, scale=scale, backend=backend)
+  return api.block_sparse_attention(q, k, v, plan, segment_ids=segment_ids, scale=scale,
+                                    backend=backend)
 
 
 def attend(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=None,

@@ -153,8 +153,10 @@ class _Scaled(Mask):
 def _interval_tile_layout(mask: Mask, lo_fn, hi_fn, bq: int, bk: int) -> np.ndarray:
   """Tiles of a mask whose allowed keys for query q are the interval [lo(q), hi(q)].
 
-  lo and hi must grow by at most one per query row, with lo <= hi (causal, sliding window);
-  then a tile's extreme rows decide whether it is full or empty, in O(nq * nk).
+  lo and hi must be nondecreasing with lo <= hi, and consecutive intervals must overlap or
+  touch (bounds that grow by at most one per row, as causal and sliding windows do, or a fixed
+  lo, as prefixes do); then a tile's extreme rows decide whether it is full or empty, in
+  O(nq * nk).
   """
   nq, nk = -(-mask.q_len // bq), -(-mask.kv_len // bk)
   q0 = np.arange(nq) * bq
@@ -163,8 +165,8 @@ def _interval_tile_layout(mask: Mask, lo_fn, hi_fn, bq: int, bk: int) -> np.ndar
   k1 = np.minimum(k0 + bk, mask.kv_len) - 1
   lo0, lo1 = lo_fn(q0)[:, None], lo_fn(q1)[:, None]
   hi0, hi1 = hi_fn(q0)[:, None], hi_fn(q1)[:, None]
-  # Consecutive intervals overlap or touch (bounds grow by one per row), so the union over a
-  # tile's rows is [lo(q0), hi(q1)]; a tile is full when the tightest row still covers it.
+  # Consecutive intervals overlap or touch, so the union over a tile's rows is
+  # [lo(q0), hi(q1)]; a tile is full when the tightest row still covers it.
   any_ = (k0[None] <= hi1) & (k1[None] >= lo0)
   all_ = (k0[None] >= lo1) & (k1[None] <= hi0)
   return _classify(any_, all_)
@@ -266,6 +268,48 @@ class BlockCausal(Mask):
 
 
 @dataclasses.dataclass(frozen=True)
+class CacheWindow(Mask):
+  """A window of queries against ``[cache ; window]`` keys (the sampler's cached forward).
+
+  Shape ``(width, cache_size + width)``. Every cache key is structurally allowed: which cache
+  slots are valid differs per row and is given by segment ids (the sampler's ``kv_seg``), so
+  this mask stays static. Window keys follow the block-causal rule counted from the window
+  start, ``(k - cache_size) // B <= q // B``, written as ``k < cache_size + (q // B + 1) * B``
+  so that no negative number is divided (kernels evaluate it on int32 tiles). With
+  ``cache_size % B == 0`` it equals ``block_causal(width, cache_size + width, B,
+  q_offset=cache_size)``.
+  """
+  width: int
+  cache_size: int
+  block_size: int
+
+  def __post_init__(self):
+    _check_positive(width=self.width, block_size=self.block_size)
+    if not isinstance(self.cache_size, (int, np.integer)) or self.cache_size < 0:
+      raise ValueError(f"cache_size must be an integer >= 0, got {self.cache_size!r}")
+
+  @property
+  def q_len(self) -> int:  # type: ignore[override]
+    return self.width
+
+  @property
+  def kv_len(self) -> int:  # type: ignore[override]
+    return self.cache_size + self.width
+
+  def _last_key(self, q):
+    """Last allowed key of query q: the end of q's window block (nondecreasing in q)."""
+    return self.cache_size + (q // self.block_size + 1) * self.block_size - 1
+
+  def predicate(self, q, k):
+    return k <= self._last_key(q)
+
+  def _tile_layout(self, bq, bk):
+    # Allowed keys of query q are the prefix [0, last_key(q)]: with a fixed start, any
+    # nondecreasing end makes a tile's extreme rows decide it, whatever the alignment.
+    return _interval_tile_layout(self, np.zeros_like, self._last_key, bq, bk)
+
+
+@dataclasses.dataclass(frozen=True)
 class BD3Training(Mask):
   """BD3-LM two-stream training mask over ``[x_t ; x_0]`` (spec §3.2).
 
@@ -352,6 +396,11 @@ def causal(q_len: int, kv_len: int | None = None, q_offset: int = 0) -> Causal:
 def block_causal(q_len: int, kv_len: int, block_size: int, q_offset: int = 0) -> BlockCausal:
   """Block-causal inference mask; see :class:`BlockCausal`."""
   return BlockCausal(q_len, kv_len, block_size, q_offset)
+
+
+def cache_window(width: int, cache_size: int, block_size: int) -> CacheWindow:
+  """Sampler window of ``width`` queries against ``[cache ; window]``; see :class:`CacheWindow`."""
+  return CacheWindow(width, cache_size, block_size)
 
 
 def bd3_training(seq_len: int, block_size: int) -> BD3Training:

@@ -3,13 +3,15 @@
   bdiff train --config configs/tasks.py --workdir runs/tasks
   bdiff eval --workdir runs/tasks --tasks copy,reverse,sort
 
-Hardware: CPU (2 cores: ~3 min for the default 600 steps) or any accelerator.
-Variants: ``configs/tasks.py:block_size=8``.
+Hardware: CPU (2 cores: ~25 min for the default 3000 steps) or any accelerator.
+Variants: ``configs/tasks.py:block_size=4``; ``configs/tasks.py:size=demo`` is the smaller,
+faster setting of ``make demo`` (copy and reverse, ~2 min on 2 cores).
 """
 from bdiff.config import base_config, parse_variant
 
 
 def get_config(arg: str | None = None):
+  variant = parse_variant(arg, "configs/tasks.py", block_size=(), size=("base", "demo"))
   cfg = base_config()
   cfg.name = "tasks"
   cfg.model.update(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384,
@@ -19,9 +21,19 @@ def get_config(arg: str | None = None):
   # inference an EOS before the prompt recreates the packed training context.
   cfg.data.update(source="tasks", tasks="copy,reverse,sort", num_task_examples=20000,
                   answer_only=True)
-  cfg.train.update(steps=600, global_batch=32, seq_len=64, log_every=50, eval_batches=4)
+  cfg.train.update(steps=3000, global_batch=32, seq_len=48, log_every=100, eval_batches=4,
+                   checkpoint_every=500)
   cfg.optim.update(lr=2e-3, warmup_steps=50)
   cfg.eval.update(tasks="copy,reverse,sort", num_examples=64, batch_size=32)
   cfg.sample.update(max_new_tokens=24, batch_size=32, prompt_prefix="eos")
-  cfg.diffusion.update(parse_variant(arg, "configs/tasks.py", block_size=()))
+  if variant.get("size") == "demo":
+    cfg.name = "tasks_demo"
+    cfg.model.update(d_model=96, n_layers=3, head_dim=24, mlp_dim=288)
+    cfg.data.update(tasks="copy,reverse", num_task_examples=8000)
+    cfg.train.update(steps=1200, seq_len=32, log_every=100, checkpoint_every=0)
+    cfg.optim.update(lr=3e-3)
+    cfg.eval.update(tasks="copy,reverse", num_examples=48, batch_size=48)
+    cfg.sample.update(max_new_tokens=20, batch_size=48)
+  if "block_size" in variant:
+    cfg.diffusion.block_size = variant["block_size"]
   return cfg

@@ -52,6 +52,24 @@ def test_block_causal_matches_loops(q_len, kv_len, b, off):
                                 block_causal_by_loops(q_len, kv_len, b, off))
 
 
+def cache_window_by_loops(width, cache_size, b):
+  m = np.zeros((width, cache_size + width), bool)
+  for q, k in itertools.product(range(width), range(cache_size + width)):
+    m[q, k] = k < cache_size or (k - cache_size) // b <= q // b
+  return m
+
+
+@pytest.mark.parametrize("width,cache_size,b", [(4, 8, 4), (8, 12, 4), (6, 7, 3), (5, 0, 2),
+                                                (1, 5, 1), (6, 10, 6)])
+def test_cache_window_matches_loops(width, cache_size, b):
+  mask = masks.cache_window(width, cache_size, b)
+  assert mask.shape == (width, cache_size + width)
+  np.testing.assert_array_equal(mask.dense(), cache_window_by_loops(width, cache_size, b))
+  if cache_size % b == 0:  # the aligned case is the offset block-causal mask
+    np.testing.assert_array_equal(
+        mask.dense(), masks.block_causal(width, cache_size + width, b, cache_size).dense())
+
+
 def test_degenerate_block_sizes():
   n = 8
   # B = 1: a noisy token sees only itself in the noisy stream and clean tokens before it.
@@ -92,6 +110,7 @@ ALL_MASKS = [masks.causal(37, 53, 5), masks.sliding_window(41, 60, 7, 3, 4),
              masks.block_causal(48, 80, 8, 32), masks.block_causal(30, 45, 5, 7),
              masks.bd3_training(24, 4), masks.bd3_training(24, 1), masks.bd3_training(24, 24),
              masks.context_causal(24, 6), masks.full(7, 9),
+             masks.cache_window(8, 40, 4), masks.cache_window(10, 23, 5),
              masks.causal(40) & masks.sliding_window(40, 40, 5)]
 
 
@@ -127,6 +146,9 @@ def test_bd3_layout_is_fast_and_quarter_dense():
     (lambda: masks.block_causal(0, 8, 2), "q_len"),
     (lambda: masks.block_causal(4, 8, 2, q_offset=-1), "q_offset"),
     (lambda: masks.causal(4, 4) & masks.causal(4, 5), "shapes"),
+    (lambda: masks.cache_window(0, 8, 4), "width"),
+    (lambda: masks.cache_window(4, -1, 4), "cache_size"),
+    (lambda: masks.cache_window(4, 8, 0), "block_size"),
 ])
 def test_bad_arguments_name_the_argument(call, arg):
   with pytest.raises(ValueError, match=arg):

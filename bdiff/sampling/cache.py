@@ -61,27 +61,32 @@ def write_blocks(cache: Cache, new_kv: Cache, start: jax.Array, write: jax.Array
   return tuple(one(c, n.astype(c.dtype), start, write) for c, n in zip(cache, new_kv))
 
 
-def window_mask(window_start: jax.Array, cache_size: int, width: int,
-                block_size: int) -> jax.Array:
-  """Runtime mask ``[b, width, cache_size + width]`` for a query window against the cache.
+def window_segments(window_start: jax.Array, cache_size: int,
+                    width: int) -> tuple[jax.Array, jax.Array]:
+  """Per-row key validity of a query window against the cache, as segment ids.
 
-  The window starts at ``window_start[r]`` (block aligned) and the cache holds every clean
-  block before it, so cache keys ``j < window_start[r]`` are visible to every query. Inside
-  the window (one block, or two in fused-commit mode) the block-causal rule applies, and
-  window keys at negative positions (the missing previous block of a row's first block) are
-  hidden from every other query. Each query still sees itself, so no attention row is empty:
-  backends differ on empty rows (NaN vs 0), and a NaN value row would poison the window's
-  other outputs through ``0 x NaN``.
+  The attention mask of the cached forward is the static ``masks.cache_window(width,
+  cache_size, B)``; what differs per row is which keys exist, given here as segments: every
+  query is in segment 1, and a key is in segment 1 iff it is valid, i.e. a cache slot
+  ``j < window_start[r]`` (the cache holds every clean block before the window) or a window
+  key at a non-negative position (fused mode's missing previous block of a row's first block
+  sits at negative positions). Such dummy queries see no key at all: every backend returns 0
+  for an empty row, and nothing reads their outputs (their K/V are never written, and the
+  logits they give predict prompt positions, which are never decoded).
+
+  Args:
+    window_start: ``[b]`` int32 per-row window start (block aligned, may be negative).
+    cache_size: L, the cache length.
+    width: the query window width.
+
+  Returns:
+    ``(q_seg [b, width], kv_seg [b, cache_size + width])`` int32.
   """
   b = window_start.shape[0]
-  j = jnp.arange(cache_size, dtype=jnp.int32)
-  in_cache = jnp.broadcast_to((j[None, :] < window_start[:, None])[:, None, :],
-                              (b, width, cache_size))
-  w = jnp.arange(width, dtype=jnp.int32)
-  causal = (w[None, :] // block_size) <= (w[:, None] // block_size)  # [q, k]
-  valid_key = (window_start[:, None] + w[None, :]) >= 0  # [b, k]
-  in_window = (causal[None] & valid_key[:, None, :]) | jnp.eye(width, dtype=bool)[None]
-  return jnp.concatenate([in_cache, in_window], axis=-1)
+  j = jnp.arange(cache_size, dtype=jnp.int32)[None, :]
+  w = jnp.arange(width, dtype=jnp.int32)[None, :]
+  valid = jnp.concatenate([j < window_start[:, None], window_start[:, None] + w >= 0], axis=1)
+  return jnp.ones((b, width), jnp.int32), valid.astype(jnp.int32)
 
 
 def prefill(apply_fn, tokens: jax.Array, cache: Cache, clean_len: jax.Array,

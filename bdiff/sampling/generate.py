@@ -222,8 +222,9 @@ def _forward(config: SamplerConfig, apply, state: LoopState):
   ws = state.blk_start - (blk if config.fused else 0)
   win = cache_lib.gather_windows(state.tokens, ws, width)
   pos = ws[:, None] + jnp.arange(width, dtype=jnp.int32)[None, :]
-  mask = cache_lib.window_mask(ws, state.tokens.shape[1], width, blk)
-  z, kv = apply(win, pos, mask, cache=state.cache, return_kv=True)
+  length = state.tokens.shape[1]
+  z, kv = apply(win, pos, masks_lib.cache_window(width, length, blk), cache=state.cache,
+                segment_ids=cache_lib.window_segments(ws, length, width), return_kv=True)
   current = z[:, width - blk:]
   if not config.token_shift:
     block = current

@@ -65,9 +65,14 @@ def train_step(state: TrainState, batch: dict, *, model, tx, cfg):
 
 
 def eval_step(params, batch: dict, rng, *, model, cfg):
-  """Held-out NELBO sums for one batch (unclipped window, ELBO weight)."""
+  """Held-out NELBO sums for one batch (unclipped window, ELBO weight).
+
+  With answer-only data (``eligible`` in the batch) this is the NELBO of the answers given
+  their prompts, the quantity the tasks are decoded for.
+  """
   logits_fn = make_logits_fn(model, params, cfg, _segments(batch, cfg))
-  return diffusion.nelbo(logits_fn, batch["tokens"], rng, cfg.diffusion)
+  return diffusion.nelbo(logits_fn, batch["tokens"], rng, cfg.diffusion,
+                         valid=batch.get("eligible"))
 
 
 def jit_train_step(model, tx, cfg, mesh, state_shardings):

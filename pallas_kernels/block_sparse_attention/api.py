@@ -113,41 +113,61 @@ def _check_inputs(q, k, v, plan, backend: str) -> None:
                      f"{plan.block_k})")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _kernel_attention(q, k, v, plan, scale, interpret):
-  return tpu.forward(q, k, v, plan, scale=scale, interpret=interpret)
+def _checked_segments(segment_ids, b: int, lq: int, lk: int):
+  """``segment_ids`` as a pair of int32 arrays [b, lq], [b, lk] (or None), validated."""
+  if segment_ids is None:
+    return None
+  if not isinstance(segment_ids, (tuple, list)) or len(segment_ids) != 2:
+    raise TypeError("segment_ids must be a pair (q_segment_ids [batch, q_len], "
+                    f"kv_segment_ids [batch, kv_len]), got {type(segment_ids).__name__}")
+  out = []
+  for name, seg, length in (("q", segment_ids[0], lq), ("kv", segment_ids[1], lk)):
+    seg = jnp.asarray(seg)
+    if seg.shape != (b, length):
+      raise ValueError(f"segment_ids[{name}] must have shape [batch, {name}_len]="
+                       f"{[b, length]}, got {list(seg.shape)}")
+    if not jnp.issubdtype(seg.dtype, jnp.integer):
+      raise ValueError(f"segment_ids[{name}] must be integers, got {seg.dtype}")
+    out.append(seg.astype(jnp.int32))
+  return tuple(out)
 
 
-def _kernel_fwd(q, k, v, plan, scale, interpret):
-  out, lse = tpu.forward(q, k, v, plan, scale=scale, interpret=interpret)
-  return (out, lse), (q, k, v, plan, out, lse)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _kernel_attention(q, k, v, plan, segment_ids, scale, interpret):
+  return tpu.forward(q, k, v, plan, scale=scale, segment_ids=segment_ids, interpret=interpret)
+
+
+def _kernel_fwd(q, k, v, plan, segment_ids, scale, interpret):
+  out, lse = tpu.forward(q, k, v, plan, scale=scale, segment_ids=segment_ids,
+                         interpret=interpret)
+  return (out, lse), (q, k, v, plan, segment_ids, out, lse)
 
 
 def _kernel_bwd(scale, interpret, res, cotangents):
-  q, k, v, plan, out, lse = res
+  q, k, v, plan, segment_ids, out, lse = res
   dout, dlse = cotangents
   dq, dk, dv = tpu.backward(q, k, v, out, lse, dout, dlse, plan, scale=scale,
-                            interpret=interpret)
-  return dq, dk, dv, None
+                            segment_ids=segment_ids, interpret=interpret)
+  return dq, dk, dv, None, None  # plan tables and segment ids are integers: no cotangent
 
 
 _kernel_attention.defvjp(_kernel_fwd, _kernel_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "backend"))
-def _attention(q, k, v, plan, *, scale: float, backend: str):
+def _attention(q, k, v, plan, segment_ids, *, scale: float, backend: str):
   if backend == "reference":
-    return reference.attention(q, k, v, plan, scale=scale)
+    return reference.attention(q, k, v, plan, scale=scale, segment_ids=segment_ids)
   interpret = backend == "tpu_interpret"
   heads_major = lambda x: x.transpose(0, 2, 1, 3)  # [b, T, h, d] -> [b, h, T, d]
-  out, lse = _kernel_attention(heads_major(q), heads_major(k), heads_major(v), plan, scale,
-                               interpret)
+  out, lse = _kernel_attention(heads_major(q), heads_major(k), heads_major(v), plan,
+                               segment_ids, scale, interpret)
   return heads_major(out), lse
 
 
-def block_sparse_attention(q, k, v, plan: SparsityPlan, *, scale: float | None = None,
-                           backend: str | None = None, block_sizes: BlockSizes | None = None,
-                           return_lse: bool = False):
+def block_sparse_attention(q, k, v, plan: SparsityPlan, *, segment_ids=None,
+                           scale: float | None = None, backend: str | None = None,
+                           block_sizes: BlockSizes | None = None, return_lse: bool = False):
   """Multi-head (GQA) attention restricted to the tiles and elements a plan allows.
 
   Args:
@@ -155,6 +175,9 @@ def block_sparse_attention(q, k, v, plan: SparsityPlan, *, scale: float | None =
     k, v: [batch, kv_len, kv_heads, head_dim]; heads % kv_heads == 0; same dtype as q
       (float32, bfloat16 or float16).
     plan: from :func:`plan_for_mask` or the top-k builders; (q_len, kv_len) must match.
+    segment_ids: optional (q_segment_ids [batch, q_len], kv_segment_ids [batch, kv_len])
+      integers (splash ``SegmentIds``): an element is attended iff the plan allows it and
+      its segments are equal.
     scale: logit scale, default 1/sqrt(head_dim).
     backend: None (platform default), "tpu", "tpu_interpret" or "reference".
     block_sizes: kernel tiles; a static plan is rebuilt at them.
@@ -172,6 +195,7 @@ def block_sparse_attention(q, k, v, plan: SparsityPlan, *, scale: float | None =
     raise TypeError(f"block_sizes must be a BlockSizes, got {type(block_sizes).__name__}")
   plan = _resolve_tiles(plan, block_sizes)
   _check_inputs(q, k, v, plan, backend)
+  segment_ids = _checked_segments(segment_ids, q.shape[0], q.shape[1], k.shape[1])
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-  out, lse = _attention(q, k, v, plan, scale=scale, backend=backend)
+  out, lse = _attention(q, k, v, plan, segment_ids, scale=scale, backend=backend)
   return (out, lse) if return_lse else out

@@ -1,7 +1,8 @@
 """Pure-JAX block-sparse attention applying a :class:`SparsityPlan`: the oracle.
 
 Dense expansion (kernels.md §3.7): ``allowed[q, k] = listed(q//Bq, k//Bk) & (full |
-predicate(q, k)) & (k < kv_len)``, then an f32 masked softmax. Autodiff gives the gradients.
+predicate(q, k)) & (k < kv_len)``, ANDed with segment equality when segment ids are given,
+then an f32 masked softmax. Autodiff gives the gradients.
 Memory is O(Bp·Hp·Tq·Tk): tests and short sequences only.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from bdiff import masks as masks_lib
 from pallas_kernels.block_sparse_attention import plan as plan_lib
 
 
@@ -35,13 +37,16 @@ def _group_mask(allowed, heads: int, kv_heads: int):
                    f"heads={heads}")
 
 
-def attention(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float | None = None):
+def attention(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float | None = None,
+              segment_ids=None):
   """Reference attention under a plan.
 
   Args:
     q: [b, q_len, heads, d]; k, v: [b, kv_len, kv_heads, d] (GQA: heads % kv_heads == 0).
     plan: the sparsity plan (group dims broadcast over batch and heads).
     scale: logit scale, default 1/sqrt(d).
+    segment_ids: optional (q_seg [b, q_len], kv_seg [b, kv_len]) integers: elements whose
+      segments differ are masked too.
 
   Returns:
     out [b, q_len, heads, d] in q.dtype (0 on rows with no allowed key) and lse f32
@@ -51,7 +56,10 @@ def attention(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float | None = Non
   hkv = k.shape[2]
   g = h // hkv
   scale = 1.0 / math.sqrt(d) if scale is None else scale
-  allowed = _group_mask(dense_mask(plan), h, hkv)  # [Bp, hkv|1, g|1, q, k]
+  allowed = dense_mask(plan)  # [Bp, Hp, q, k]
+  if segment_ids is not None:
+    allowed = allowed & masks_lib.segment_mask(*segment_ids)[:, None]  # [b, Hp, q, k]
+  allowed = _group_mask(allowed, h, hkv)  # [Bp or b, hkv|1, g|1, q, k]
   qg = q.astype(jnp.float32).reshape(b, lq, hkv, g, d)
   logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k.astype(jnp.float32),
                       precision=jax.lax.Precision.HIGHEST) * scale

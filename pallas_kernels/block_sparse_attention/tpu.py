@@ -7,6 +7,13 @@ predicate on int32 iota tiles offset by the GLOBAL tile index from the table (ne
 index). Online softmax in natural base with f32 m/l/acc scratch; a row that saw no allowed key
 writes O = 0, LSE = -inf (kernels.md §3.2.6, §10).
 
+Segment ids (splash ``SegmentIds``, kernels.md §4.3): optional int32 ``q_seg [b, Tq]``,
+``kv_seg [b, Tk]``; an element is allowed iff the plan allows it and the segments are equal.
+Each grid step loads the segment tiles of its query and KV tiles through BlockSpecs (a column
+``[bq, 1]`` against a row ``[1, bk]``) and compares them in the kernel, on FULL tiles too (the
+plan knows nothing of segments). Splash broadcasts them to 128 lanes / 8 sublanes to suit TPU
+layouts; that is a tuning step left for the hardware.
+
 Backward: dQ over the forward lists (same grid), dK/dV over the transposed lists with grid
 ``(b, kv_head, kv_tile, group, t)`` so the GQA heads of a group and the query tiles reduce
 into one output block written over consecutive steps; the dK/dV body works on transposed
@@ -49,6 +56,7 @@ class _Config:
   heads: int
   kv_heads: int
   scale: float
+  segments: bool = False
 
   @property
   def group(self) -> int:
@@ -87,13 +95,14 @@ class _Config:
     return self.plan_mask.predicate(q, k) & (k < self.kv_len)
 
 
-def _config(plan: plan_lib.SparsityPlan, heads: int, kv_heads: int, scale: float) -> _Config:
+def _config(plan: plan_lib.SparsityPlan, heads: int, kv_heads: int, scale: float,
+            segments: bool = False) -> _Config:
   return _Config(
       plan_mask=plan.mask, kv_len=plan.kv_len, block_q=plan.block_q, block_k=plan.block_k,
       num_q_tiles=plan.num_q_tiles, num_kv_tiles=plan.num_kv_tiles,
       kv_capacity=plan.max_kv_tiles, q_capacity=plan.max_q_tiles,
       plan_batch=plan.group_shape[0], plan_heads=plan.group_shape[1], heads=heads,
-      kv_heads=kv_heads, scale=float(scale))
+      kv_heads=kv_heads, scale=float(scale), segments=segments)
 
 
 def _tables(plan: plan_lib.SparsityPlan):
@@ -108,18 +117,90 @@ def _params(interpret, semantics):
               compiler_params=pltpu.CompilerParams(dimension_semantics=semantics))
 
 
-def _pad_seq(x, multiple: int):
-  """[b, h, T, d] -> padded with zeros to a multiple of ``multiple`` along T."""
-  pad = -x.shape[2] % multiple
-  return jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) if pad else x
+def _pad_seq(x, multiple: int, axis: int = 2):
+  """Zero-pads ``axis`` (T of [b, h, T, d] by default) to a multiple of ``multiple``."""
+  pad = -x.shape[axis] % multiple
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths) if pad else x
+
+
+# --------------------------------------------------------------------------------------------
+# Segment ids.
+
+
+def _segment_arrays(segment_ids, bq: int, bk: int, transposed: bool = False):
+  """Padded int32 segment ids laid out for tile loads: (q column [b, Tq, 1], kv row
+  [b, 1, Tk]), or (kv column [b, Tk, 1], q row [b, 1, Tq]) for the transposed dK/dV pass;
+  () without segments.
+
+  The padding value does not matter: padded keys are masked by the plan's length predicate
+  (their tiles are never FULL) and padded query rows are dropped (zero dout in backward).
+  """
+  if segment_ids is None:
+    return ()
+  q_seg, kv_seg = (_pad_seq(x.astype(jnp.int32), m, axis=1)
+                   for x, m in zip(segment_ids, (bq, bk)))
+  if transposed:
+    return kv_seg[:, :, None], q_seg[:, None, :]
+  return q_seg[:, :, None], kv_seg[:, None, :]
+
+
+def _segment_specs(cfg: _Config, col_tile, row_tile, transposed: bool = False):
+  """BlockSpecs of :func:`_segment_arrays` ([] without segments).
+
+  ``col_tile`` / ``row_tile`` map (grid indices, prefetch refs) to the tile index of the
+  tile's rows / columns (q / kv tiles; kv / q tiles if transposed); grid index 0 is b.
+  """
+  if not cfg.segments:
+    return []
+  rows, cols = (cfg.block_k, cfg.block_q) if transposed else (cfg.block_q, cfg.block_k)
+  return [pl.BlockSpec((None, rows, 1), lambda *a: (a[0], col_tile(*a), 0)),
+          pl.BlockSpec((None, 1, cols), lambda *a: (a[0], 0, row_tile(*a)))]
+
+
+def _split_segments(refs, cfg: _Config):
+  """(segment refs or None, the other refs) from a kernel's refs after q, k, v."""
+  return (refs[:2], refs[2:]) if cfg.segments else (None, refs)
+
+
+def _element_mask(cfg: _Config, seg_refs, full: bool, q_tile, k_tile, transposed=False):
+  """bool tile of allowed elements ([bq, bk], or [bk, bq] if transposed); None if all are.
+
+  The predicate runs on partial tiles only; segments, when given, on every tile.
+  """
+  mask = None if full else cfg.allowed(q_tile, k_tile, transposed)
+  if seg_refs is not None:
+    same = seg_refs[0][...] == seg_refs[1][...]  # column == row: the tile's orientation
+    mask = same if mask is None else mask & same
+  return mask
+
+
+def _fwd_specs(cfg: _Config, d: int):
+  """(q/out spec, row-statistic spec, kv spec, segment specs) on the forward grid."""
+  g = cfg.group
+
+  def q_map(b_, h_, i, j, *_):
+    return b_, h_, i, 0
+
+  def kv_tile(b_, h_, i, j, cnt_ref, idx_ref, full_ref):
+    return idx_ref[cfg.fwd_slot(b_, h_, i, j)]
+
+  def kv_map(b_, h_, i, j, *refs):
+    return b_, h_ // g, kv_tile(b_, h_, i, j, *refs), 0
+
+  return (pl.BlockSpec((None, None, cfg.block_q, d), q_map),
+          pl.BlockSpec((None, None, cfg.block_q, 1), q_map),
+          pl.BlockSpec((None, None, cfg.block_k, d), kv_map),
+          _segment_specs(cfg, lambda b_, h_, i, *_: i, kv_tile))
 
 
 # --------------------------------------------------------------------------------------------
 # Forward.
 
 
-def _fwd_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
-                m_scr, l_scr, acc_scr, *, cfg: _Config):
+def _fwd_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
+  seg_refs, (o_ref, lse_ref, m_scr, l_scr, acc_scr) = _split_segments(refs, cfg)
   b, h, i, j = (pl.program_id(a) for a in range(4))
   slot = cfg.fwd_slot(b, h, i, j)
   active = j < cnt_ref[cfg.fwd_row(b, h, i)]
@@ -131,16 +212,16 @@ def _fwd_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
     l_scr[...] = jnp.zeros_like(l_scr)
     acc_scr[...] = jnp.zeros_like(acc_scr)
 
-  def update(masked: bool):
+  def update(full: bool):
     q, k, v = q_ref[...], k_ref[...], v_ref[...]
     s = jax.lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * cfg.scale
-    if masked:
-      allowed = cfg.allowed(i, idx_ref[slot])
+    allowed = _element_mask(cfg, seg_refs, full, i, idx_ref[slot])
+    if allowed is not None:
       s = jnp.where(allowed, s, MASK_VALUE)
     m_prev = m_scr[...]
     m_new = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
     p = jnp.exp(s - m_new)
-    if masked:  # a row masked so far has m_new == MASK_VALUE and exp(0) = 1 on masked keys
+    if allowed is not None:  # a row masked so far has m_new == MASK_VALUE: exp(0) = 1 there
       p = jnp.where(allowed, p, 0.0)
     alpha = jnp.exp(m_prev - m_new)
     l_scr[...] = alpha * l_scr[...] + jnp.sum(p, axis=1, keepdims=True)
@@ -148,8 +229,8 @@ def _fwd_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
         p.astype(v.dtype), v, _NN, preferred_element_type=jnp.float32)
     m_scr[...] = m_new
 
-  pl.when(active & is_full)(lambda: update(False))
-  pl.when(active & jnp.logical_not(is_full))(lambda: update(True))
+  pl.when(active & is_full)(lambda: update(True))
+  pl.when(active & jnp.logical_not(is_full))(lambda: update(False))
 
   @pl.when(j == cfg.kv_capacity - 1)
   def _finish():
@@ -160,39 +241,31 @@ def _fwd_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
     lse_ref[...] = jnp.where(empty, -jnp.inf, m_scr[...] + jnp.log(safe_l))
 
 
-def forward(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float, interpret=False):
+def forward(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float, segment_ids=None,
+            interpret=False):
   """Forward kernel.
 
   Args:
     q: [b, heads, q_len, d]; k, v: [b, kv_heads, kv_len, d] (heads-major layout).
     plan: sparsity plan matching q_len / kv_len.
     scale: logit scale.
+    segment_ids: optional (q_seg [b, q_len], kv_seg [b, kv_len]) integers; elements with
+      different segments are masked.
     interpret: False on TPU; True or ``pltpu.InterpretParams()`` on CPU.
 
   Returns:
     out [b, heads, q_len, d] in q.dtype, lse f32 [b, heads, q_len].
   """
   b, h, lq, d = q.shape
-  hkv = k.shape[1]
-  cfg = _config(plan, h, hkv, scale)
-  bq, bk, g = cfg.block_q, cfg.block_k, cfg.group
+  cfg = _config(plan, h, k.shape[1], scale, segment_ids is not None)
+  bq, bk = cfg.block_q, cfg.block_k
   qp, kp, vp = _pad_seq(q, bq), _pad_seq(k, bk), _pad_seq(v, bk)
-  cnt, idx, full = _tables(plan)[:3]
-
-  def q_map(b_, h_, i, j, cnt_ref, idx_ref, full_ref):
-    return b_, h_, i, 0
-
-  def kv_map(b_, h_, i, j, cnt_ref, idx_ref, full_ref):
-    return b_, h_ // g, idx_ref[cfg.fwd_slot(b_, h_, i, j)], 0
-
+  q_spec, row_spec, kv_spec, seg_specs = _fwd_specs(cfg, d)
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=3,
       grid=(b, h, cfg.num_q_tiles, cfg.kv_capacity),
-      in_specs=[pl.BlockSpec((None, None, bq, d), q_map),
-                pl.BlockSpec((None, None, bk, d), kv_map),
-                pl.BlockSpec((None, None, bk, d), kv_map)],
-      out_specs=[pl.BlockSpec((None, None, bq, d), q_map),
-                 pl.BlockSpec((None, None, bq, 1), q_map)],
+      in_specs=[q_spec, kv_spec, kv_spec] + seg_specs,
+      out_specs=[q_spec, row_spec],
       scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
                       pltpu.VMEM((bq, d), jnp.float32)])
   out, lse = pl.pallas_call(
@@ -202,7 +275,7 @@ def forward(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float, interpret=Fal
                  jax.ShapeDtypeStruct(qp.shape[:3] + (1,), jnp.float32)],
       name="bdiff_block_sparse_fwd",
       **_params(interpret, ("parallel", "parallel", "arbitrary", "arbitrary")),
-  )(cnt, idx, full, qp, kp, vp)
+  )(*_tables(plan)[:3], qp, kp, vp, *_segment_arrays(segment_ids, bq, bk))
   return out[:, :, :lq], lse[:, :, :lq, 0]
 
 
@@ -210,17 +283,8 @@ def forward(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float, interpret=Fal
 # Backward.
 
 
-def _probs(cfg: _Config, q, k, lse, masked: bool, q_tile, k_tile):
-  """p = exp(s - lse) [bq, bk] recomputed, zero on masked keys and on empty rows."""
-  s = jax.lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * cfg.scale
-  p = jnp.exp(s - lse)
-  if masked:  # masked elements (and rows with lse = -inf, which only partial tiles hold)
-    p = jnp.where(cfg.allowed(q_tile, k_tile), p, 0.0)
-  return p
-
-
-def _dq_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref,
-               dq_ref, dq_scr, *, cfg: _Config):
+def _dq_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
+  seg_refs, (do_ref, lse_ref, di_ref, dq_ref, dq_scr) = _split_segments(refs, cfg)
   b, h, i, j = (pl.program_id(a) for a in range(4))
   slot = cfg.fwd_slot(b, h, i, j)
   active = j < cnt_ref[cfg.fwd_row(b, h, i)]
@@ -230,26 +294,31 @@ def _dq_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
   def _init():
     dq_scr[...] = jnp.zeros_like(dq_scr)
 
-  def update(masked: bool):
+  def update(full: bool):
     q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
-    p = _probs(cfg, q, k, lse_ref[...], masked, i, idx_ref[slot])
+    s = jax.lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * cfg.scale
+    p = jnp.exp(s - lse_ref[...])
+    allowed = _element_mask(cfg, seg_refs, full, i, idx_ref[slot])
+    if allowed is not None:  # masked elements, and rows with lse = -inf (never unmasked)
+      p = jnp.where(allowed, p, 0.0)
     dp = jax.lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
     ds = p * (dp - di_ref[...])
     dq_scr[...] += jax.lax.dot_general(
         ds.astype(k.dtype), k, _NN, preferred_element_type=jnp.float32)
 
-  pl.when(active & is_full)(lambda: update(False))
-  pl.when(active & jnp.logical_not(is_full))(lambda: update(True))
+  pl.when(active & is_full)(lambda: update(True))
+  pl.when(active & jnp.logical_not(is_full))(lambda: update(False))
 
   @pl.when(j == cfg.kv_capacity - 1)
   def _finish():
     dq_ref[...] = (dq_scr[...] * cfg.scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref,
-                dk_ref, dv_ref, dk_scr, dv_scr, *, cfg: _Config):
+def _dkv_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
   """Works on the transposed tile sT = k·qᵀ [bk, bq] (as splash does): only NN/NT matmuls,
   with lse and di as lane-major rows [1, bq]."""
+  seg_refs, (do_ref, lse_ref, di_ref, dk_ref, dv_ref, dk_scr, dv_scr) = _split_segments(
+      refs, cfg)
   b, hk, j, r, t = (pl.program_id(a) for a in range(5))
   h = hk * cfg.group + r
   slot = cfg.bwd_slot(b, h, j, t)
@@ -261,12 +330,13 @@ def _dkv_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, do_ref, lse_ref
     dk_scr[...] = jnp.zeros_like(dk_scr)
     dv_scr[...] = jnp.zeros_like(dv_scr)
 
-  def update(masked: bool):
+  def update(full: bool):
     q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
     s_t = jax.lax.dot_general(k, q, _NT, preferred_element_type=jnp.float32) * cfg.scale
     p_t = jnp.exp(s_t - lse_ref[...])  # [bk, bq]
-    if masked:  # masked elements (and rows with lse = -inf, which only partial tiles hold)
-      p_t = jnp.where(cfg.allowed(idx_ref[slot], j, transposed=True), p_t, 0.0)
+    allowed = _element_mask(cfg, seg_refs, full, idx_ref[slot], j, transposed=True)
+    if allowed is not None:  # masked elements, and rows with lse = -inf (never unmasked)
+      p_t = jnp.where(allowed, p_t, 0.0)
     dv_scr[...] += jax.lax.dot_general(p_t.astype(do.dtype), do, _NN,
                                        preferred_element_type=jnp.float32)
     dp_t = jax.lax.dot_general(v, do, _NT, preferred_element_type=jnp.float32)
@@ -274,8 +344,8 @@ def _dkv_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, do_ref, lse_ref
     dk_scr[...] += jax.lax.dot_general(ds_t.astype(q.dtype), q, _NN,
                                        preferred_element_type=jnp.float32)
 
-  pl.when(active & is_full)(lambda: update(False))
-  pl.when(active & jnp.logical_not(is_full))(lambda: update(True))
+  pl.when(active & is_full)(lambda: update(True))
+  pl.when(active & jnp.logical_not(is_full))(lambda: update(False))
 
   @pl.when((r == cfg.group - 1) & (t == cfg.q_capacity - 1))
   def _finish():
@@ -284,65 +354,63 @@ def _dkv_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, do_ref, lse_ref
 
 
 def backward(q, k, v, out, lse, dout, dlse, plan: plan_lib.SparsityPlan, *, scale: float,
-             interpret=False):
+             segment_ids=None, interpret=False):
   """Gradients (dq, dk, dv) of (out, lse) = forward(q, k, v); heads-major layout.
 
   ``dlse`` (f32 [b, heads, q_len], may be zeros) folds into ``di``: d lse / d s = p, so
-  ``ds = p * (dp - (di - dlse))`` with ``di = sum(out * dout)``.
+  ``ds = p * (dp - (di - dlse))`` with ``di = sum(out * dout)``. ``segment_ids`` as in
+  :func:`forward`.
   """
-  cfg = _config(plan, q.shape[1], k.shape[1], scale)
+  cfg = _config(plan, q.shape[1], k.shape[1], scale, segment_ids is not None)
   bq, bk = cfg.block_q, cfg.block_k
   di = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), axis=-1) - dlse
   qp, dop = _pad_seq(q, bq), _pad_seq(dout.astype(q.dtype), bq)
   kp, vp = _pad_seq(k, bk), _pad_seq(v, bk)
   lsep, dip = _pad_seq(lse[..., None], bq), _pad_seq(di[..., None], bq)  # [b, h, Tq, 1]
   tables = _tables(plan)
-  dq = _dq_pass(cfg, tables[:3], qp, kp, vp, dop, lsep, dip, interpret)
-  dk, dv = _dkv_pass(cfg, tables[3:], qp, kp, vp, dop, lsep.swapaxes(2, 3),
-                     dip.swapaxes(2, 3), interpret)
+  dq = _dq_pass(cfg, tables[:3], (qp, kp, vp), _segment_arrays(segment_ids, bq, bk),
+                (dop, lsep, dip), interpret)
+  dk, dv = _dkv_pass(cfg, tables[3:], (qp, kp, vp),
+                     _segment_arrays(segment_ids, bq, bk, transposed=True),
+                     (dop, lsep.swapaxes(2, 3), dip.swapaxes(2, 3)), interpret)
   lq, lk = q.shape[2], k.shape[2]
   return dq[:, :, :lq], dk[:, :, :lk], dv[:, :, :lk]
 
 
-def _dq_pass(cfg: _Config, tables, qp, kp, vp, dop, lse, di, interpret):
-  """dQ over the forward grid and lists; lse, di as columns [b, h, Tq, 1]."""
+def _dq_pass(cfg: _Config, tables, qkv, segs, rows, interpret):
+  """dQ over the forward grid and lists; ``rows`` = (dout, lse, di), lse and di as columns
+  [b, h, Tq, 1]."""
+  qp = qkv[0]
   b, h, _, d = qp.shape
-  bq, bk, g = cfg.block_q, cfg.block_k, cfg.group
-
-  def q_map(b_, h_, i, j, *_):
-    return b_, h_, i, 0
-
-  def kv_map(b_, h_, i, j, cnt_ref, idx_ref, full_ref):
-    return b_, h_ // g, idx_ref[cfg.fwd_slot(b_, h_, i, j)], 0
-
-  q_spec = pl.BlockSpec((None, None, bq, d), q_map)
-  row_spec = pl.BlockSpec((None, None, bq, 1), q_map)
-  kv_spec = pl.BlockSpec((None, None, bk, d), kv_map)
+  q_spec, row_spec, kv_spec, seg_specs = _fwd_specs(cfg, d)
   return pl.pallas_call(
       functools.partial(_dq_kernel, cfg=cfg),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=3, grid=(b, h, cfg.num_q_tiles, cfg.kv_capacity),
-          in_specs=[q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec],
-          out_specs=q_spec, scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)]),
+          in_specs=[q_spec, kv_spec, kv_spec] + seg_specs + [q_spec, row_spec, row_spec],
+          out_specs=q_spec, scratch_shapes=[pltpu.VMEM((cfg.block_q, d), jnp.float32)]),
       out_shape=jax.ShapeDtypeStruct(qp.shape, qp.dtype),
       name="bdiff_block_sparse_dq",
       **_params(interpret, ("parallel", "parallel", "arbitrary", "arbitrary")),
-  )(*tables, qp, kp, vp, dop, lse, di)
+  )(*tables, *qkv, *segs, *rows)
 
 
-def _dkv_pass(cfg: _Config, tables, qp, kp, vp, dop, lse, di, interpret):
-  """dK/dV over the transposed lists; lse, di as rows [b, h, 1, Tq]. The group heads r and
-  the query tiles t reduce into one output block, written over consecutive steps."""
+def _dkv_pass(cfg: _Config, tables, qkv, segs, rows, interpret):
+  """dK/dV over the transposed lists; ``rows`` = (dout, lse, di), lse and di as rows
+  [b, h, 1, Tq]. The group heads r and the query tiles t reduce into one output block,
+  written over consecutive steps."""
+  kp, vp = qkv[1:]
   b, hkv, _, d = kp.shape
   bq, bk, g = cfg.block_q, cfg.block_k, cfg.group
 
-  def q_map(b_, hk, j, r, t, cnt_ref, idx_ref, full_ref):
-    h_ = hk * g + r
-    return b_, h_, idx_ref[cfg.bwd_slot(b_, h_, j, t)], 0
+  def q_tile(b_, hk, j, r, t, cnt_ref, idx_ref, full_ref):
+    return idx_ref[cfg.bwd_slot(b_, hk * g + r, j, t)]
 
-  def row_map(b_, hk, j, r, t, cnt_ref, idx_ref, full_ref):
-    h_ = hk * g + r
-    return b_, h_, 0, idx_ref[cfg.bwd_slot(b_, h_, j, t)]
+  def q_map(b_, hk, j, r, t, *refs):
+    return b_, hk * g + r, q_tile(b_, hk, j, r, t, *refs), 0
+
+  def row_map(b_, hk, j, r, t, *refs):
+    return b_, hk * g + r, 0, q_tile(b_, hk, j, r, t, *refs)
 
   def kv_map(b_, hk, j, r, t, *_):
     return b_, hk, j, 0
@@ -350,15 +418,16 @@ def _dkv_pass(cfg: _Config, tables, qp, kp, vp, dop, lse, di, interpret):
   q_spec = pl.BlockSpec((None, None, bq, d), q_map)
   row_spec = pl.BlockSpec((None, None, 1, bq), row_map)
   kv_spec = pl.BlockSpec((None, None, bk, d), kv_map)
+  seg_specs = _segment_specs(cfg, lambda b_, hk, j, *_: j, q_tile, transposed=True)
   return pl.pallas_call(
       functools.partial(_dkv_kernel, cfg=cfg),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=3, grid=(b, hkv, cfg.num_kv_tiles, g, cfg.q_capacity),
-          in_specs=[q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec],
+          in_specs=[q_spec, kv_spec, kv_spec] + seg_specs + [q_spec, row_spec, row_spec],
           out_specs=[kv_spec, kv_spec],
           scratch_shapes=[pltpu.VMEM((bk, d), jnp.float32), pltpu.VMEM((bk, d), jnp.float32)]),
       out_shape=[jax.ShapeDtypeStruct(kp.shape, kp.dtype),
                  jax.ShapeDtypeStruct(vp.shape, vp.dtype)],
       name="bdiff_block_sparse_dkv",
       **_params(interpret, ("parallel", "parallel", "arbitrary", "arbitrary", "arbitrary")),
-  )(*tables, qp, kp, vp, dop, lse, di)
+  )(*tables, *qkv, *segs, *rows)
