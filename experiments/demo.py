@@ -92,7 +92,7 @@ def show_samples(workdir: str, cfg) -> None:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--steps", type=int, default=1200)
+  p.add_argument("--steps", type=int, default=600)
   p.add_argument("--examples", type=int, default=48, help="held-out examples per task")
   p.add_argument("--workdir", default="runs/demo")
   args = p.parse_args()

@@ -35,21 +35,16 @@ def segment_ids_and_positions(tokens: np.ndarray, eos_id: int,
   return segment_ids, (idx - start).astype(np.int32)
 
 
-def answer_mask(tokens: np.ndarray, segment_ids: np.ndarray, sep_id: int) -> np.ndarray:
-  """[rows, len] bool: tokens after a separator within their own document, EOS included.
+def answer_mask(tokens: np.ndarray, sep_id: int) -> np.ndarray:
+  """[rows, len] bool: every token after the row's first separator (padding EOS included).
 
-  The SFT rule of LLaDA / Fast-dLLM v2 / SDAR (block_diffusion.md §4.1): prompt tokens are
-  never masked, only the answer (and its EOS, so the model learns to stop) is supervised. A
-  window that starts inside an answer cannot see that answer's separator and leaves it out.
+  For one-example-per-row SFT layouts (``row_aligned``): the LLaDA SFT rule
+  (block_diffusion.md §4.1, §6.3) never masks the prompt and supervises the answer together
+  with its right-padding EOS tokens, so the model learns to fill the rest of its budget with
+  EOS exactly as the sampler asks it to.
   """
   is_sep = tokens == sep_id
-  seen = np.cumsum(is_sep, axis=1)
-  starts = np.ones_like(is_sep)
-  starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-  # Separators counted before each document starts, carried over the document.
-  before = np.where(starts, seen - is_sep, 0)
-  before = np.maximum.accumulate(before, axis=1)
-  return (seen - before > 0) & ~is_sep
+  return (np.cumsum(is_sep, axis=1) > 0) & ~is_sep
 
 
 class TokenLoader:
@@ -64,13 +59,16 @@ class TokenLoader:
     process_index, process_count: this host's rows are
       [process_index * local_batch, (process_index + 1) * local_batch) of the global batch.
     doc_positions: positions restart at each document instead of running 0..seq_len-1.
+    row_aligned: rows start at multiples of ``seq_len`` (the source holds one padded example
+      per row) instead of at any token.
     answer_sep_id: when set, batches also hold ``eligible`` (see :func:`answer_mask`): only
-      answer tokens after this separator are noised and supervised.
+      answer tokens after this separator are noised and supervised; needs ``row_aligned``.
   """
 
   def __init__(self, source: np.ndarray | ts.TensorStore, seq_len: int, global_batch: int,
                seed: int, *, eos_id: int, process_index: int = 0, process_count: int = 1,
-               doc_positions: bool = False, answer_sep_id: int | None = None):
+               doc_positions: bool = False, row_aligned: bool = False,
+               answer_sep_id: int | None = None):
     if isinstance(source, ts.TensorStore):
       if source.rank != 1:
         raise ValueError(f"source must be 1-D, got rank {source.rank}")
@@ -94,7 +92,13 @@ class TokenLoader:
       raise ValueError(f"seed must be >= 0, got {seed}")
     self.source, self.seq_len, self.global_batch, self.seed = source, seq_len, global_batch, seed
     self.eos_id, self.doc_positions = eos_id, doc_positions
-    self.answer_sep_id = answer_sep_id
+    if answer_sep_id is not None and not row_aligned:
+      raise ValueError("answer_sep_id needs row_aligned=True: in packed windows the tokens after "
+                       "an answer are the next clean prompt, which sampling never shows")
+    if row_aligned and self.num_tokens % seq_len:
+      raise ValueError(f"row_aligned: num_tokens={self.num_tokens} is not a multiple of "
+                       f"seq_len={seq_len}")
+    self.row_aligned, self.answer_sep_id = row_aligned, answer_sep_id
     self.process_index, self.process_count = process_index, process_count
     self.local_batch = global_batch // process_count
 
@@ -103,6 +107,9 @@ class TokenLoader:
     if step < 0:
       raise ValueError(f"step must be >= 0, got {step}")
     rng = np.random.default_rng([self.seed, step])
+    if self.row_aligned:
+      rows = rng.integers(0, self.num_tokens // self.seq_len, size=self.global_batch)
+      return rows * self.seq_len
     return rng.integers(0, self.num_tokens - self.seq_len + 1, size=self.global_batch)
 
   def _local(self, global_offsets: np.ndarray) -> np.ndarray:
@@ -125,7 +132,7 @@ class TokenLoader:
                                                        self.doc_positions)
     batch = {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
     if self.answer_sep_id is not None:
-      batch["eligible"] = answer_mask(tokens, segment_ids, self.answer_sep_id)
+      batch["eligible"] = answer_mask(tokens, self.answer_sep_id)
     return batch
 
   def batch(self, step: int) -> Batch:

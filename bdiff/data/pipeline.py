@@ -45,7 +45,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       "valid_fraction": 0.02,      # held-out share (files, tokens or task examples)
       "text_field": "text",        # source=text: jsonl field holding the text
       "doc_positions": False,      # positions restart at each document
-      "answer_only": False,        # source=tasks: noise/supervise answers only (SFT rule)
+      "answer_only": False,        # source=tasks: SFT rows (one example, EOS-padded), answers only
   })
 
 
@@ -109,7 +109,18 @@ def _stdlib_tokens(cfg: Config, tok: Tokenizer) -> Split:
   return splits[0], splits[1], info
 
 
-def _task_tokens(cfg: Config, tok: Tokenizer, seed: int) -> Split:
+def _sft_rows(docs: list[str], tok: Tokenizer, seq_len: int) -> np.ndarray:
+  """One example per ``seq_len`` row, right-padded with EOS (LLaDA SFT layout), flattened."""
+  rows = np.full((len(docs), seq_len), tok.eos_id, np.int32)
+  for i, doc in enumerate(docs):
+    ids = tok.encode(doc)
+    _check(len(ids) < seq_len, f"data.answer_only: an example of {len(ids)} tokens (+ EOS) does "
+           f"not fit train.seq_len={seq_len}")
+    rows[i, :len(ids)] = ids
+  return rows.reshape(-1)
+
+
+def _task_tokens(cfg: Config, tok: Tokenizer, seed: int, seq_len: int) -> Split:
   names = task_names(cfg.tasks)
   n_train = cfg.num_task_examples
   n_valid = max(1, math.ceil(n_train * cfg.valid_fraction))
@@ -120,6 +131,9 @@ def _task_tokens(cfg: Config, tok: Tokenizer, seed: int) -> Split:
            if d not in seen]
   info = {"tasks": names, "n_train": n_train, "n_valid": len(valid), "seed": seed,
           "sha256": hashlib.sha256("\n".join(train + valid).encode()).hexdigest()}
+  if cfg.answer_only:
+    info["sft_seq_len"] = seq_len
+    return _sft_rows(train, tok, seq_len), _sft_rows(valid, tok, seq_len), info
   return store.tokenize_documents(train, tok), store.tokenize_documents(valid, tok), info
 
 
@@ -169,13 +183,14 @@ def build_data(data_cfg: ml_collections.ConfigDict, seq_len: int, global_batch: 
   if data_cfg.source == "stdlib":
     train, valid, info = _stdlib_tokens(data_cfg, tok)
   elif data_cfg.source == "tasks":
-    train, valid, info = _task_tokens(data_cfg, tok, seed)
+    train, valid, info = _task_tokens(data_cfg, tok, seed, seq_len)
   elif data_cfg.source == "text":
     train, valid, info = _text_tokens(data_cfg, tok)
   else:
     train, valid, info = _tensorstore_tokens(data_cfg, tok)
   kw = dict(eos_id=tok.eos_id, process_index=process_index, process_count=process_count,
             doc_positions=data_cfg.doc_positions,
+            row_aligned=data_cfg.answer_only,
             answer_sep_id=_answer_separator(tok) if data_cfg.answer_only else None)
   # Only what decides the token streams enters, so unused config keys do not perturb it.
   record = {"source": data_cfg.source, "tokenizer": tok.name, "vocab_size": tok.vocab_size,

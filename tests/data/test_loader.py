@@ -103,14 +103,20 @@ def test_bad_arguments(kwargs, key):
     TokenLoader(_stream(), 8, 4, 0, eos_id=EOS).batch(-1)
 
 
-def test_answer_mask_marks_answers_and_eos_only():
-  from bdiff.data.loader import answer_mask, segment_ids_and_positions
+def test_answer_mask_marks_answer_and_padding_only():
+  from bdiff.data.loader import answer_mask
   eos, sep = 9, 5
-  #                 p  p  =  a  a  E  p  =  a  E  a(prev answer, cut)
-  row = np.array([[1, 2, sep, 3, 4, eos, 1, sep, 3, eos]])
-  seg, _ = segment_ids_and_positions(row, eos)
-  expect = [[0, 0, 0, 1, 1, 1, 0, 0, 1, 1]]
-  np.testing.assert_array_equal(answer_mask(row, seg, sep), np.array(expect, bool))
-  cut = np.array([[3, 4, eos, 1, sep, 3]])  # window starts inside an answer: left out
-  seg, _ = segment_ids_and_positions(cut, eos)
-  np.testing.assert_array_equal(answer_mask(cut, seg, sep), np.array([[0, 0, 0, 0, 0, 1]], bool))
+  rows = np.array([[1, 2, sep, 3, 4, eos, eos, eos],
+                   [7, sep, 3, eos, eos, eos, eos, eos]])
+  expect = [[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 1]]
+  np.testing.assert_array_equal(answer_mask(rows, sep), np.array(expect, bool))
+
+
+def test_row_aligned_loader_starts_rows_on_examples():
+  seq = 4
+  stream = np.arange(40, dtype=np.int32)
+  loader = TokenLoader(stream, seq, 6, 0, eos_id=99, row_aligned=True)
+  for step in range(3):
+    assert (loader.batch(step)["tokens"][:, 0] % seq == 0).all()
+  with pytest.raises(ValueError, match="row_aligned"):
+    TokenLoader(stream, seq, 2, 0, eos_id=99, answer_sep_id=5)

@@ -118,14 +118,21 @@ def test_hf_tokenizer_with_text_source(tmp_path, hf_tokenizer_json):
       ("the", "cat", "sat", "on", "mat"))
 
 
-def test_answer_only_tasks_mark_answers():
-  bundle = _build(_cfg(source="tasks", tasks="copy", num_task_examples=300, answer_only=True))
+def test_answer_only_tasks_are_padded_rows_with_answer_masks():
+  bundle = _build(_cfg(source="tasks", tasks="copy", num_task_examples=300, answer_only=True),
+                  seq_len=40)
+  tok = bundle.tokenizer
   batch = bundle.train.batch(0)
   tokens, eligible = batch["tokens"], batch["eligible"]
-  sep = bundle.tokenizer.encode(tasks.ANSWER_SEPARATOR)[0]
-  assert eligible.any() and not eligible[tokens == sep].any()
-  # Every supervised EOS closes an answer; prompts' letters are never supervised.
-  letters = np.isin(tokens, bundle.tokenizer.encode("copy:"))
-  assert not eligible[letters].any()
+  sep = tok.encode(tasks.ANSWER_SEPARATOR)[0]
+  for row, elig in zip(tokens, eligible):
+    text = tok.decode(row)
+    assert text.startswith("copy: ")  # every row is one whole example
+    first_sep = int(np.argmax(row == sep))
+    assert not elig[:first_sep + 1].any() and elig[first_sep + 1:].all()
+    assert row[-1] == tok.eos_id  # right-padded with EOS
   with pytest.raises(ValueError, match="data.answer_only"):
     pipeline.validate_data_config(_cfg(answer_only=True))
+  with pytest.raises(ValueError, match="train.seq_len"):
+    _build(_cfg(source="tasks", tasks="copy", num_task_examples=300, answer_only=True),
+           seq_len=16)
