@@ -97,7 +97,8 @@ def markdown(rows, cfg, tasks, png: str) -> str:
       "",
       f"{datetime.date.today().isoformat()} on {speed_bench.machine()}. Tasks: "
       f"{', '.join(tasks)} ({cfg.eval.num_examples} examples each, greedy, "
-      f"max_new_tokens={cfg.sample.max_new_tokens}). Accuracy = mean over tasks (%); "
+      f"max_new_tokens={cfg.sample.max_new_tokens}, commit={cfg.sample.commit}). "
+      "Accuracy = mean over tasks (%); "
       "tokens/forward counts denoising and commit forwards; tokens/s excludes compilation.",
       "",
       eval_tasks.format_table(rows, cols),
@@ -114,10 +115,14 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--num_examples", type=int, default=None)
   parser.add_argument("--strategies", default=None, help="comma-separated subset")
   parser.add_argument("--quick", action="store_true", help="first setting of each strategy")
+  parser.add_argument("--commit", default=None, choices=("separate", "fused"),
+                      help="sample.commit for every setting (default: the run's)")
   args = parser.parse_args(argv)
   cfg, params, tokenizer = restore_params(args.workdir)
   if args.num_examples:
     cfg.eval.num_examples = args.num_examples
+  if args.commit:
+    cfg.sample.commit = args.commit
   tasks = task_names(args.tasks or cfg.eval.tasks)
   grid = sweeps(cfg.diffusion.block_size)
   names = task_names(args.strategies) if args.strategies else list(grid)

@@ -17,7 +17,8 @@ from bdiff import attention as attention_lib
 Array = jax.Array
 
 
-def _init(axes: tuple[str, ...], scale: float = 1.0, fan_in_axes=(0,)):
+def init_with_axes(axes: tuple[str, ...], scale: float = 1.0, fan_in_axes=(0,)):
+  """Truncated-normal fan-in initializer that tags the parameter with logical axis names."""
   init = nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal",
                                           in_axis=fan_in_axes)
   return nn.with_logical_partitioning(init, axes)
@@ -67,7 +68,7 @@ class Attention(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     dense = lambda feats, axes, name: nn.DenseGeneral(  # noqa: E731
         feats, axis=-1, use_bias=cfg.qkv_bias, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=_init(axes), name=name)
+        kernel_init=init_with_axes(axes), name=name)
     q = dense((cfg.n_heads, cfg.head_dim), ("embed", "heads", "head_dim"), "q")(x)
     k = dense((cfg.n_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "k")(x)
     v = dense((cfg.n_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "v")(x)
@@ -85,7 +86,7 @@ class Attention(nn.Module):
                                segment_ids=segment_ids, backend=cfg.pallas_backend or None)
     out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=False, dtype=dtype,
                           param_dtype=jnp.float32,
-                          kernel_init=_init(("heads", "head_dim", "embed"),
+                          kernel_init=init_with_axes(("heads", "head_dim", "embed"),
                                             fan_in_axes=(0, 1)),
                           name="o")(out)
     return out, new_kv
@@ -101,7 +102,7 @@ class SwiGLU(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     proj = lambda feats, axes, name: nn.DenseGeneral(  # noqa: E731
         feats, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=_init(axes), name=name)
+        kernel_init=init_with_axes(axes), name=name)
     gate = proj(cfg.mlp_dim, ("embed", "mlp"), "gate")(x)
     up = proj(cfg.mlp_dim, ("embed", "mlp"), "up")(x)
     h = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))

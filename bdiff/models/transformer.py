@@ -157,7 +157,7 @@ class Transformer(nn.Module):
     else:
       logits = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=x.dtype,
                                param_dtype=jnp.float32,
-                               kernel_init=layers._init(("embed", "vocab")),  # pylint: disable=protected-access
+                               kernel_init=layers.init_with_axes(("embed", "vocab")),
                                name="head")(x)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     return logits.astype(jnp.float32)
