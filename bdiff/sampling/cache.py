@@ -55,10 +55,22 @@ def update_windows(x: jax.Array, new: jax.Array, start: jax.Array,
 
 
 def write_blocks(cache: Cache, new_kv: Cache, start: jax.Array, write: jax.Array) -> Cache:
-  """Write a block's ``(k, v)`` ``[n_layers, b, w, h, d]`` at per-row ``start`` where ``write``."""
-  one = jax.vmap(lambda r, n, s, w: _write_row(r, n, s, w, 1), in_axes=(1, 1, 0, 0),
-                 out_axes=1)  # rows live on axis 1 of the cache, positions on axis 2
-  return tuple(one(c, n.astype(c.dtype), start, write) for c, n in zip(cache, new_kv))
+  """Write a block's ``(k, v)`` ``[n_layers, b, w, h, d]`` at per-row ``start`` where ``write``.
+
+  One scatter per tensor on the cache's own ``[n_layers, b, L, ...]`` layout, indexed by
+  (row, position): a ``vmap`` of per-row slice updates over axis 1 made XLA transpose the whole
+  cache to rows-first and back (three full copies per iteration on CPU), while this scatter
+  updates the loop carry in place and touches only the ``b x w`` written slots. Rows that do
+  not write aim past the end (``L``) and are dropped.
+  """
+  w, length = new_kv[0].shape[2], cache[0].shape[2]
+  rows = jnp.arange(start.shape[0], dtype=jnp.int32)[:, None]
+  pos = jnp.where(write, start, length)[:, None] + jnp.arange(w, dtype=jnp.int32)[None, :]
+  # Writing rows' windows lie inside [0, L) (clean blocks); the rest are all >= L. No index
+  # is negative, so ``.at`` never wraps one around.
+  return tuple(c.at[:, rows, pos].set(n.astype(c.dtype), mode="drop", indices_are_sorted=True,
+                                     unique_indices=True)
+               for c, n in zip(cache, new_kv))
 
 
 def window_segments(window_start: jax.Array, cache_size: int,
