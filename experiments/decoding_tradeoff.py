@@ -136,10 +136,7 @@ def main(argv=None) -> list[dict]:
   png = os.path.splitext(args.out)[0] + ".png"
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   plot(rows, png)
-  text = markdown(rows, cfg, tasks, png)
-  with open(args.out, "w", encoding="utf-8") as f:
-    f.write(text)
-  print(text)
+  speed_bench.write_report(args.out, markdown(rows, cfg, tasks, png))
   return rows
 
 

@@ -120,11 +120,7 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args(argv)
   rows = run(args)
-  text = markdown(args, rows)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w", encoding="utf-8") as f:
-    f.write(text)
-  print(text)
+  speed_bench.write_report(args.out, markdown(args, rows))
   return rows
 
 

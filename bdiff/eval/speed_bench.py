@@ -132,6 +132,14 @@ def machine() -> str:
          f"({platform.node()}, {os.cpu_count()} cpus), jax {jax.__version__}"
 
 
+def write_report(path: str, text: str) -> None:
+  """Write an experiment's markdown report (creating its folder) and echo it."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+  print(text)
+
+
 def format_table(rows, columns=COLUMNS) -> str:
   from bdiff.eval.tasks import format_table as fmt  # pylint: disable=import-outside-toplevel
   return fmt(rows, columns)

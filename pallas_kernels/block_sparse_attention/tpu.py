@@ -199,12 +199,21 @@ def _fwd_specs(cfg: _Config, d: int):
 # Forward.
 
 
-def _fwd_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
-  seg_refs, (o_ref, lse_ref, m_scr, l_scr, acc_scr) = _split_segments(refs, cfg)
+def _fwd_list_step(cnt_ref, idx_ref, full_ref, cfg: _Config):
+  """Where a kernel over the forward lists (forward, dQ) stands in its grid.
+
+  Returns the query tile i, the list position j, the global KV tile listed there (the
+  predicate is offset by it, never by j), whether j is within the row's count, and whether
+  that tile is full.
+  """
   b, h, i, j = (pl.program_id(a) for a in range(4))
   slot = cfg.fwd_slot(b, h, i, j)
-  active = j < cnt_ref[cfg.fwd_row(b, h, i)]
-  is_full = full_ref[slot] != 0
+  return i, j, idx_ref[slot], j < cnt_ref[cfg.fwd_row(b, h, i)], full_ref[slot] != 0
+
+
+def _fwd_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
+  seg_refs, (o_ref, lse_ref, m_scr, l_scr, acc_scr) = _split_segments(refs, cfg)
+  i, j, kv_tile, active, is_full = _fwd_list_step(cnt_ref, idx_ref, full_ref, cfg)
 
   @pl.when(j == 0)
   def _init():
@@ -215,7 +224,7 @@ def _fwd_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Co
   def update(full: bool):
     q, k, v = q_ref[...], k_ref[...], v_ref[...]
     s = jax.lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * cfg.scale
-    allowed = _element_mask(cfg, seg_refs, full, i, idx_ref[slot])
+    allowed = _element_mask(cfg, seg_refs, full, i, kv_tile)
     if allowed is not None:
       s = jnp.where(allowed, s, MASK_VALUE)
     m_prev = m_scr[...]
@@ -285,10 +294,7 @@ def forward(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float, segment_ids=N
 
 def _dq_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
   seg_refs, (do_ref, lse_ref, di_ref, dq_ref, dq_scr) = _split_segments(refs, cfg)
-  b, h, i, j = (pl.program_id(a) for a in range(4))
-  slot = cfg.fwd_slot(b, h, i, j)
-  active = j < cnt_ref[cfg.fwd_row(b, h, i)]
-  is_full = full_ref[slot] != 0
+  i, j, kv_tile, active, is_full = _fwd_list_step(cnt_ref, idx_ref, full_ref, cfg)
 
   @pl.when(j == 0)
   def _init():
@@ -298,7 +304,7 @@ def _dq_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Con
     q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
     s = jax.lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * cfg.scale
     p = jnp.exp(s - lse_ref[...])
-    allowed = _element_mask(cfg, seg_refs, full, i, idx_ref[slot])
+    allowed = _element_mask(cfg, seg_refs, full, i, kv_tile)
     if allowed is not None:  # masked elements, and rows with lse = -inf (never unmasked)
       p = jnp.where(allowed, p, 0.0)
     dp = jax.lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
