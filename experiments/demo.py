@@ -54,8 +54,7 @@ def train(cfg, workdir: str) -> dict:
   return out
 
 
-def decode_all(workdir: str, base_cfg) -> list[dict]:
-  cfg0, params, tokenizer = loop.restore_params(workdir, base_cfg)
+def decode_all(cfg0, params, tokenizer) -> list[dict]:
   rows = []
   for label, overrides in STRATEGIES:
     cfg = config_lib.from_dict(config_lib.to_dict(cfg0))
@@ -80,8 +79,7 @@ def _merge(label: str, per_task: list[dict]) -> dict:
           "per_task": {r["task"]: r["accuracy"] for r in per_task}}
 
 
-def show_samples(workdir: str, cfg) -> None:
-  _, params, tokenizer = loop.restore_params(workdir, cfg)
+def show_samples(cfg, params, tokenizer) -> None:
   sampler = run_lib.Sampler(cfg, params, tokenizer, use_mesh=False)
   examples = [ex for name in task_names(cfg.eval.tasks)
               for ex in make_examples(get_task(name), 2, seed=cfg.eval.seed + 1)]
@@ -102,20 +100,20 @@ def main() -> None:
         f"block size {cfg.diffusion.block_size}, seq {cfg.train.seq_len}, on "
         f"{jax.devices()[0].platform}")
   out = train(cfg, args.workdir)
-  _, params, _ = loop.restore_params(args.workdir, None)
+  saved = config_lib.from_dict(config_lib.to_dict(cfg))
+  saved, params, tokenizer = loop.restore_params(args.workdir, saved)  # restored once
   print(f"trained {count_params(params) / 1e6:.2f}M params in {out['seconds']:.0f} s; "
         f"final loss {out['loss']:.3f}; held-out NELBO {out['eval_nll']:.3f} nats/token "
         f"({out['eval_bits_per_token']:.3f} bits, PPL <= {out['eval_ppl_bound']:.2f})")
-  saved = config_lib.from_dict(config_lib.to_dict(cfg))
   print("== decoding held-out task prompts (greedy, exact KV cache):")
-  rows = decode_all(args.workdir, saved)
+  rows = decode_all(saved, params, tokenizer)
   print()
   print(eval_tasks.format_table(rows, columns=(
       ("strategy", "{}"), ("n", "{}"), ("accuracy", "{:.1f}"), ("tok/fwd", "{:.2f}"),
       ("tok/s", "{:.0f}"))))
   print("\n== samples (threshold 0.9):")
   saved.sample.update(strategy="threshold", threshold=0.9)
-  show_samples(args.workdir, saved)
+  show_samples(saved, params, tokenizer)
 
 
 if __name__ == "__main__":

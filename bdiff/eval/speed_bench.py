@@ -22,6 +22,7 @@ import numpy as np
 
 from bdiff import masks
 from bdiff.data import tasks as tasks_lib
+from bdiff.eval.tasks import format_table
 from bdiff.models import make_model
 from bdiff.sampling import generate as gen
 
@@ -140,11 +141,6 @@ def write_report(path: str, text: str) -> None:
   print(text)
 
 
-def format_table(rows, columns=COLUMNS) -> str:
-  from bdiff.eval.tasks import format_table as fmt  # pylint: disable=import-outside-toplevel
-  return fmt(rows, columns)
-
-
 def main(cfg, workdir: str) -> list[dict]:
   """``bdiff bench``: the run's configured sampler at batch 1 and ``sample.batch_size``.
 
@@ -160,7 +156,7 @@ def main(cfg, workdir: str) -> list[dict]:
     x, lengths = task_prompts(tokenizer, task, batch, cfg.eval.seed, cfg.sample.prompt_prefix)
     rows.append({"setting": f"{config.strategy.name} B={config.block_size}", "batch": batch,
                  **bench(config, params, x, lengths)})
-  print(format_table(rows))
+  print(format_table(rows, COLUMNS))
   print(f"machine: {machine()}; compile time excluded from tok/s")
   record = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": machine(), "rows": rows}

@@ -22,7 +22,7 @@ from bdiff import config as config_lib
 from bdiff import data as data_lib
 from bdiff import diffusion
 from bdiff.eval import speed
-from bdiff.models import Transformer, count_params, make_model
+from bdiff.models import Transformer, count_params
 from bdiff.train import checkpointing, sharding, state as state_lib, step as step_lib
 
 log = logging.getLogger("bdiff.train")
@@ -55,9 +55,7 @@ class Trainer:
       cfg = _with_vocab(cfg, data.tokenizer.vocab_size)
     mesh = sharding.make_mesh(cfg.mesh) if mesh is None else mesh
     config_lib.validate(cfg, tuple(mesh.shape.values()))
-    model = make_model(cfg.model)
-    tx = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
-    abstract, shardings = state_lib.state_shardings(model, tx, cfg, mesh)
+    model, tx, abstract, shardings = state_lib.build(cfg, mesh)
     return cls(cfg=cfg, workdir=workdir, mesh=mesh, model=model, data=data, tx=tx,
                abstract_state=abstract, state_shardings=shardings,
                train_step=step_lib.jit_train_step(model, tx, cfg, mesh, shardings),
@@ -227,9 +225,7 @@ def restore_params(workdir: str, cfg=None, *, mesh=None, use_ema: bool = True):
   if cfg is None:
     cfg = config_lib.from_dict(checkpointing.read_meta(workdir)["config"])
   mesh = sharding.make_mesh(cfg.mesh) if mesh is None else mesh
-  model = make_model(cfg.model)
-  tx = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
-  abstract, shardings = state_lib.state_shardings(model, tx, cfg, mesh)
+  _, _, abstract, shardings = state_lib.build(cfg, mesh)
   state, _ = checkpointing.restore(mgr, abstract, shardings)
   params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
   return cfg, params, data_lib.get_tokenizer(cfg.data.tokenizer)

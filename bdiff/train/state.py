@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from bdiff import masks as masks_lib
-from bdiff.models import Transformer
+from bdiff.models import Transformer, make_model
 from bdiff.train import sharding as sharding_lib
 
 
@@ -66,6 +66,17 @@ def state_shardings(model, tx, cfg, mesh):
   shardings = sharding_lib.logical_shardings(boxed, mesh, cfg.mesh)
   abstract = nn.meta.unbox(boxed)
   return abstract, shardings
+
+
+def build(cfg, mesh):
+  """(model, optimizer, abstract unboxed state, shardings) of a config on a mesh.
+
+  What training and inference restore both need; nothing is allocated.
+  """
+  model = make_model(cfg.model)
+  tx = make_optimizer(cfg.optim, cfg.train.steps)
+  abstract, shardings = state_shardings(model, tx, cfg, mesh)
+  return model, tx, abstract, shardings
 
 
 def init_state(model, tx, cfg, mesh, shardings) -> TrainState:
