@@ -7,9 +7,9 @@ from bdiff import masks
 from bdiff.attention import attend
 from bdiff.config import base_config, validate
 from bdiff.models import make_model, two_stream_logits
-from bdiff.sampling import Sampler, SamplerConfig
+from bdiff.runs import Sampler, restore_params
+from bdiff.sampling import SamplerConfig
 from bdiff.sampling.generate import generate
-from bdiff.train.loop import restore_params
 
 __version__ = "0.1.0"
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from bdiff import masks as masks_lib
+from pallas_kernels.block_sparse_attention import api
 
 IMPLS = ("xla", "cudnn", "pallas")
 
@@ -121,7 +122,6 @@ def pallas_attention(q, k, v, mask, *, segment_ids=None, scale=None, backend=Non
     raise ValueError('impl="pallas" needs a bdiff.masks mask object (the sparsity plan is '
                      "built from it); got an explicit array: express per-row structure "
                      'as segment_ids, or use impl="xla"')
-  from pallas_kernels.block_sparse_attention import api  # pylint: disable=import-outside-toplevel
   plan = api.plan_for_mask(mask)
   return api.block_sparse_attention(q, k, v, plan, segment_ids=segment_ids, scale=scale,
                                     backend=backend)

@@ -14,7 +14,8 @@ import ml_collections
 from bdiff.data import default_data_config, validate_data_config
 from bdiff.diffusion import default_diffusion_config, validate_diffusion_config
 from bdiff.models import default_model_config, validate_model_config
-from bdiff.train import sharding as sharding_lib
+from bdiff import sharding as sharding_lib
+from bdiff.sampling import default_sample_config, validate_sample_config
 
 SECTIONS = ("model", "diffusion", "data", "optim", "train", "mesh", "sample", "eval")
 
@@ -42,12 +43,6 @@ def _eval() -> ml_collections.ConfigDict:
       tasks="copy,reverse,sort", num_examples=64, batch_size=16, seed=1234))
 
 
-def _sample() -> ml_collections.ConfigDict:
-  # Imported lazily: the sampler package is optional for training-only use of the config.
-  from bdiff.sampling import default_sample_config  # pylint: disable=import-outside-toplevel
-  return default_sample_config()
-
-
 def base_config() -> ml_collections.ConfigDict:
   """All keys any code reads, with defaults; locked against new keys."""
   cfg = ml_collections.ConfigDict()
@@ -58,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.optim = _optim()
   cfg.train = _train()
   cfg.mesh = _mesh()
-  cfg.sample = _sample()
+  cfg.sample = default_sample_config()
   cfg.eval = _eval()
   cfg.lock()
   return cfg
@@ -111,7 +106,6 @@ def validate(cfg, mesh_shape: tuple[int, ...] | None = None) -> None:
   if cfg.train.global_batch % batch_shards:
     raise ValueError(f"train.global_batch={cfg.train.global_batch} must be divisible by "
                      f"mesh data*fsdp={batch_shards}")
-  from bdiff.sampling import validate_sample_config  # pylint: disable=import-outside-toplevel
   validate_sample_config(cfg.sample, cfg.diffusion.block_size, cfg.diffusion.token_shift)
 
 

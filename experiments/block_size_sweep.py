@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
+from bdiff import sharding  # noqa: E402
 from bdiff.train import loop  # noqa: E402
 from configs import tiny  # noqa: E402
 
@@ -59,7 +60,6 @@ def run(args) -> list[dict]:
 
 
 def _one_device_mesh(cfg):
-  from bdiff.train import sharding  # pylint: disable=import-outside-toplevel
   return sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1])
 
 

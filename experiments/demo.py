@@ -24,8 +24,9 @@ from bdiff import config as config_lib  # noqa: E402
 from bdiff.data import get_task, make_examples, task_names  # noqa: E402
 from bdiff.eval import tasks as eval_tasks  # noqa: E402
 from bdiff.models import count_params  # noqa: E402
-from bdiff.sampling import run as run_lib  # noqa: E402
-from bdiff.train import loop, sharding  # noqa: E402
+from bdiff import runs as run_lib  # noqa: E402
+from bdiff import sharding  # noqa: E402
+from bdiff.train import loop  # noqa: E402
 from configs import tasks as tasks_config  # noqa: E402
 
 # (label, sample overrides): AR baseline first, then block-diffusion strategies.
@@ -101,7 +102,7 @@ def main() -> None:
         f"{jax.devices()[0].platform}")
   out = train(cfg, args.workdir)
   saved = config_lib.from_dict(config_lib.to_dict(cfg))
-  saved, params, tokenizer = loop.restore_params(args.workdir, saved)  # restored once
+  saved, params, tokenizer = run_lib.restore_params(args.workdir, saved)  # restored once
   print(f"trained {count_params(params) / 1e6:.2f}M params in {out['seconds']:.0f} s; "
         f"final loss {out['loss']:.3f}; held-out NELBO {out['eval_nll']:.3f} nats/token "
         f"({out['eval_bits_per_token']:.3f} bits, PPL <= {out['eval_ppl_bound']:.2f})")

@@ -8,6 +8,7 @@ import math
 import os
 from typing import Any, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -177,7 +178,6 @@ def build_data(data_cfg: ml_collections.ConfigDict, seq_len: int, global_batch: 
   """
   validate_data_config(data_cfg)
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=import-outside-toplevel
     process_index, process_count = jax.process_index(), jax.process_count()
   tok = get_tokenizer(data_cfg.tokenizer)
   if data_cfg.source == "stdlib":

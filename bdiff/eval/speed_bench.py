@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bdiff import masks
+from bdiff import runs
 from bdiff.data import tasks as tasks_lib
 from bdiff.eval.tasks import format_table
 from bdiff.models import make_model
@@ -147,8 +148,7 @@ def main(cfg, workdir: str) -> list[dict]:
   Prompts come from the first of ``eval.tasks``. Prints a table and writes
   ``workdir/bench.json`` (with the machine and date).
   """
-  from bdiff.train.loop import restore_params  # pylint: disable=import-outside-toplevel
-  cfg, params, tokenizer = restore_params(workdir, cfg)
+  cfg, params, tokenizer = runs.restore_params(workdir, cfg)
   config = gen.SamplerConfig.from_config(cfg, eos_id=tokenizer.eos_id)
   task = cfg.eval.tasks.split(",")[0].strip()
   rows = []

@@ -13,9 +13,9 @@ import logging
 import os
 from typing import Sequence
 
+from bdiff import runs as run_lib
 from bdiff.data import tasks as tasks_lib
 from bdiff.data.pipeline import task_names
-from bdiff.sampling import run as run_lib
 
 log = logging.getLogger("bdiff")
 

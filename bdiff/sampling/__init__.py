@@ -1,16 +1,15 @@
 """Block-diffusion sampling: one jit-compiled loop, exact KV cache, decoding strategies.
 
 Entry points: ``bdiff.sampling.generate.generate`` (arrays in, arrays out; jit-compiled once
-per shape), :func:`make_sharded_generate` (batch split over the mesh), :class:`Sampler` (text
-in, text out, for a trained run) and the ``sample`` config section. The function ``generate``
+per shape), :func:`make_sharded_generate` (batch split over the mesh) and the ``sample`` config
+section. Text in, text out for a trained run is ``bdiff.runs.Sampler``, one layer up. The function ``generate``
 is deliberately not re-exported here: it would shadow its module ``bdiff.sampling.generate``.
 """
 from bdiff.sampling.config import default_sample_config, validate_sample_config
 from bdiff.sampling.generate import NO_TOKEN, SamplerConfig, make_sharded_generate
-from bdiff.sampling.run import Sampler, sample_file
 from bdiff.sampling.strategies import STRATEGIES, StrategyConfig
 
 __all__ = [
-    "NO_TOKEN", "STRATEGIES", "Sampler", "SamplerConfig", "StrategyConfig",
-    "default_sample_config", "make_sharded_generate", "sample_file", "validate_sample_config",
+    "NO_TOKEN", "STRATEGIES", "SamplerConfig", "StrategyConfig",
+    "default_sample_config", "make_sharded_generate", "validate_sample_config",
 ]

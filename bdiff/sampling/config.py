@@ -1,7 +1,7 @@
 """The ``sample`` config section: sampler loop settings and every decoding strategy's knobs.
 
 Loop keys are read by ``generate.py`` / ``run.py``; strategy keys mirror the fields of
-``strategies.StrategyConfig`` one to one (``strategy`` is its ``name``), so each knob can be set
+``types.StrategyConfig`` one to one (``strategy`` is its ``name``), so each knob can be set
 with ``--config.sample.KEY=VALUE``. ``ConfigDict`` cannot hold ``None``, so two keys use
 sentinels: ``steps=0`` (the block size) and ``strict="auto"`` (the strategy's reference
 comparison).

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from bdiff import masks as masks_lib
+from bdiff import sharding as sharding_lib
 from bdiff.models import make_model
 from bdiff.sampling import cache as cache_lib
 from bdiff.sampling import config as config_lib
@@ -379,14 +380,13 @@ def make_sharded_generate(config: SamplerConfig, mesh, param_shardings=None):
 
   Args:
     config: the sampler config.
-    mesh: a mesh from ``bdiff.train.sharding.make_mesh`` (rows over ``data`` x ``fsdp``).
+    mesh: a mesh from ``bdiff.sharding.make_mesh`` (rows over ``data`` x ``fsdp``).
     param_shardings: a sharding tree for the params (default: replicated).
 
   Returns:
     ``f(params, prompts, rng, lengths, row_ids) -> outputs`` (all arguments required; the
     batch must divide by the data x fsdp size).
   """
-  from bdiff.train import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
   rows = sharding_lib.batch_sharding(mesh)
   rep = sharding_lib.replicated(mesh)
   params_sh = rep if param_shardings is None else param_shardings

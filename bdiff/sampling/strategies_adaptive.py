@@ -1,21 +1,18 @@
 """Data-dependent commit rules: thresholds, factor, entropy bound, LocalLeap, BACD, AdaBlock.
 
 Rules have the registry signature ``rule(cfg, inp, state) -> (commit, tokens, state)`` with
-``inp`` a ``strategies.StepInputs`` (candidates already restricted to the Fast-dLLM v2
+``inp`` a ``types.StepInputs`` (candidates already restricted to the Fast-dLLM v2
 sub-block or DCD window); ``strategies.select`` adds the never-stall ``TOP1`` and resolves
 ``cfg.strict`` to the reference comparison. These rules run a block until it has no masks.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
 from bdiff.sampling import selection as sel
-
-if TYPE_CHECKING:
-  from bdiff.sampling.strategies import StepInputs, StrategyConfig
+from bdiff.sampling.types import StepInputs, StrategyConfig
 
 
 def fixed_k_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):

@@ -1,7 +1,7 @@
 """Strategies with a per-block step budget or a fixed order (decoding.md §2.1-2.4, 2.8, 2.11).
 
 Rules have the registry signature ``rule(cfg, inp, state) -> (commit, tokens, state)`` with
-``inp`` a ``strategies.StepInputs``; ``strategies.select`` intersects ``commit`` with the
+``inp`` a ``types.StepInputs``; ``strategies.select`` intersects ``commit`` with the
 candidates and adds the never-stall ``TOP1``. ``cfg.steps`` is the number of denoising steps
 per block (0 = the block capacity ``L``, one token per step); the rules reset their state at
 ``step_in_block == 0``.
@@ -9,15 +9,12 @@ per block (0 = the block capacity ``L``, one token per step); the rules reset th
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
 from bdiff.sampling import selection as sel
-
-if TYPE_CHECKING:
-  from bdiff.sampling.strategies import StepInputs, StrategyConfig
+from bdiff.sampling.types import StepInputs, StrategyConfig
 
 TIME_GRIDS = ("linear", "cosine")
 

@@ -21,9 +21,10 @@ import tqdm
 from bdiff import config as config_lib
 from bdiff import data as data_lib
 from bdiff import diffusion
-from bdiff.eval import speed
+from bdiff import flops
+from bdiff import sharding
 from bdiff.models import Transformer, count_params
-from bdiff.train import checkpointing, sharding, state as state_lib, step as step_lib
+from bdiff.train import checkpointing, state as state_lib, step as step_lib
 
 log = logging.getLogger("bdiff.train")
 
@@ -149,7 +150,7 @@ def train(cfg, workdir: str, *, mesh=None, on_step: Callable | None = None) -> d
   start = int(state.step)
   writer = MetricsWriter(workdir, start)
   _write_run_info(trainer, start)
-  flops_per_step = speed.train_flops_per_step(cfg, count_params(state.params))
+  flops_per_step = flops.train_flops_per_step(cfg, count_params(state.params))
   last = _run_steps(trainer, state, start, mgr, writer, flops_per_step, on_step)
   writer.close()
   return last
@@ -176,7 +177,7 @@ def _run_steps(trainer, state, start, mgr, writer, flops_per_step, on_step) -> d
       dt = (time.perf_counter() - t0) / steps_timed
       last = {k: v for k, v in metrics.items() if k != "finite"}
       last.update(tokens_per_s=tokens_per_step / dt, step_time_s=dt,
-                  **speed.utilisation(flops_per_step, dt))
+                  **flops.utilisation(flops_per_step, dt))
       _maybe_eval(trainer, state, done, last)
       writer.write(done, last)
       bar.set_postfix(loss=f"{float(last['loss']):.4f}")
@@ -213,19 +214,3 @@ def _write_run_info(trainer, start: int) -> None:
     json.dump(info, f, indent=1)
   with open(os.path.join(trainer.workdir, "config.json"), "w", encoding="utf-8") as f:
     json.dump(info["config"], f, indent=1)
-
-
-def restore_params(workdir: str, cfg=None, *, mesh=None, use_ema: bool = True):
-  """Load a run for inference: (config, params, tokenizer), EMA weights when present.
-
-  ``cfg`` defaults to the config saved in the checkpoint; pass one to apply overrides (for
-  example ``sample.*``). The restore is strict: the saved tree must match the model exactly.
-  """
-  mgr = checkpointing.manager(workdir)
-  if cfg is None:
-    cfg = config_lib.from_dict(checkpointing.read_meta(workdir)["config"])
-  mesh = sharding.make_mesh(cfg.mesh) if mesh is None else mesh
-  _, _, abstract, shardings = state_lib.build(cfg, mesh)
-  state, _ = checkpointing.restore(mgr, abstract, shardings)
-  params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
-  return cfg, params, data_lib.get_tokenizer(cfg.data.tokenizer)

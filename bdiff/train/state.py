@@ -16,7 +16,7 @@ import optax
 
 from bdiff import masks as masks_lib
 from bdiff.models import Transformer, make_model
-from bdiff.train import sharding as sharding_lib
+from bdiff import sharding as sharding_lib
 
 
 @flax.struct.dataclass

@@ -14,7 +14,7 @@ import optax
 
 from bdiff import diffusion
 from bdiff.models import Transformer, two_stream_logits
-from bdiff.train import sharding as sharding_lib
+from bdiff import sharding as sharding_lib
 from bdiff.train.state import TrainState
 
 _NOISE_STREAM = 0x0D1F  # separates training noise from eval noise and init

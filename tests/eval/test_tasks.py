@@ -12,8 +12,7 @@ from bdiff.config import base_config
 from bdiff.data import ByteTokenizer
 from bdiff.eval import speed_bench
 from bdiff.eval import tasks as eval_tasks
-from bdiff.sampling import run
-from bdiff.train import loop
+from bdiff import runs as run
 
 
 def tiny_cfg():
@@ -38,7 +37,7 @@ def workdir(tmp_path, monkeypatch, params):
     assert path == str(tmp_path)
     return (cfg if cfg is not None else tiny_cfg()), params, ByteTokenizer()
 
-  monkeypatch.setattr(loop, "restore_params", restore)
+  monkeypatch.setattr(run, "restore_params", restore)
   return str(tmp_path)
 
 

@@ -181,7 +181,7 @@ def test_bad_settings_name_the_key(override, key):
 
 
 def test_sharded_equals_unsharded(params):
-  from bdiff.train import sharding
+  from bdiff import sharding
   cfg = make_cfg(4)
   mesh = sharding.make_mesh(cfg.mesh)
   assert mesh.shape["data"] == 8

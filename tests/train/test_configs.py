@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bdiff import data as data_lib
-from bdiff.train import loop, sharding
+from bdiff import sharding
+from bdiff.train import loop
 
 CONFIGS = ["tiny", "tasks", "stdlib", "owt_bd3lm"]
 

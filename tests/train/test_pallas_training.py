@@ -4,7 +4,8 @@ import json
 import jax
 import numpy as np
 
-from bdiff.train import loop, sharding
+from bdiff import sharding
+from bdiff.train import loop
 from configs import tiny
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from bdiff import config as config_lib
-from bdiff.train import loop, sharding, state as state_lib, step as step_lib
+from bdiff import sharding
+from bdiff.train import loop, state as state_lib, step as step_lib
 from configs import tiny
 
 

@@ -1,4 +1,8 @@
-"""Sampling from a trained run: text in, text out, batched, timed (``bdiff sample``).
+"""A trained run, ready for inference: restore it, then sample text in, text out (``bdiff sample``).
+
+This is the run level: it sits above ``bdiff.train`` (checkpoints, model state) and
+``bdiff.sampling`` (the compiled loop) and is what ``bdiff.eval`` and the CLI build on.
+:func:`restore_params` loads the params of a run (EMA when present).
 
 :class:`Sampler` wraps :func:`generate.generate` for host-side use: it encodes prompts (with the
 configured ``sample.prompt_prefix`` token and ``sample.max_prompt_len``), packs them into
@@ -19,14 +23,34 @@ import jax
 import numpy as np
 import tqdm
 
+from bdiff import config as config_lib
+from bdiff import data as data_lib
+from bdiff import sharding as sharding_lib
 from bdiff.sampling import generate as gen
-from bdiff.train import sharding as sharding_lib
+from bdiff.train import checkpointing
+from bdiff.train import state as state_lib
 
 log = logging.getLogger("bdiff")
 
 
 def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
+
+
+def restore_params(workdir: str, cfg=None, *, mesh=None, use_ema: bool = True):
+  """Load a run for inference: (config, params, tokenizer), EMA weights when present.
+
+  ``cfg`` defaults to the config saved in the checkpoint; pass one to apply overrides (for
+  example ``sample.*``). The restore is strict: the saved tree must match the model exactly.
+  """
+  mgr = checkpointing.manager(workdir)
+  if cfg is None:
+    cfg = config_lib.from_dict(checkpointing.read_meta(workdir)["config"])
+  mesh = sharding_lib.make_mesh(cfg.mesh) if mesh is None else mesh
+  _, _, abstract, shardings = state_lib.build(cfg, mesh)
+  state, _ = checkpointing.restore(mgr, abstract, shardings)
+  params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
+  return cfg, params, data_lib.get_tokenizer(cfg.data.tokenizer)
 
 
 @dataclasses.dataclass
@@ -47,7 +71,6 @@ class Sampler:
   @classmethod
   def from_run(cls, workdir: str, cfg=None) -> Sampler:
     """Restore a run's params (EMA when present); ``cfg`` overrides its saved config."""
-    from bdiff.train.loop import restore_params  # pylint: disable=import-outside-toplevel
     cfg, params, tokenizer = restore_params(workdir, cfg)
     return cls(cfg, params, tokenizer)
 

@@ -6,7 +6,7 @@ import pytest
 from bdiff.config import base_config
 from bdiff.data import ByteTokenizer
 from bdiff.eval import speed_bench
-from bdiff.sampling import run
+from bdiff import runs as run
 
 
 def tiny_cfg(**sample):
