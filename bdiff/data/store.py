@@ -11,7 +11,10 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
+import shutil
+import tempfile
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -19,6 +22,8 @@ import tensorstore as ts
 import tqdm
 
 from bdiff.data.tokenizers import Tokenizer
+
+log = logging.getLogger("bdiff")
 
 TOKENS_DIR = "tokens"
 METADATA_FILE = "metadata.json"
@@ -38,26 +43,98 @@ def expand_inputs(patterns: Sequence[str] | str) -> list[str]:
   return files
 
 
-def iter_documents(paths: Sequence[str], *, text_field: str = "text",
-                   digest: Any = None) -> Iterator[str]:
-  """Documents of `paths`: a `.jsonl` file gives one per line (its `text_field`), any other
-  file is one document. If given, `digest` (a hashlib object) is fed every file's bytes."""
+ON_ERROR = ("fail", "skip")
+
+
+class InputProblems:
+  """What to do with an unreadable input line (``on_error``): raise, or skip and count it.
+
+  Every problem names ``file:line``; skipped ones are kept (the first ``keep``) for the report.
+  """
+
+  def __init__(self, on_error: str = "fail", keep: int = 20):
+    if on_error not in ON_ERROR:
+      raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    self.on_error, self.keep = on_error, keep
+    self.skipped = 0
+    self.examples: list[str] = []
+    self.empty_docs = 0
+
+  def report(self, where: str, why: str) -> None:
+    message = f"{where}: {why}"
+    if self.on_error == "fail":
+      raise ValueError(f"{message} (on_error='skip' skips and counts such lines)")
+    self.skipped += 1
+    if len(self.examples) < self.keep:
+      self.examples.append(message)
+
+  def summary(self) -> dict[str, Any]:
+    return {"skipped": self.skipped, "skipped_examples": self.examples,
+            "empty_docs": self.empty_docs}
+
+
+def _decode(raw: bytes, path: str, problems: InputProblems, lineno: int | None = None):
+  """Strict UTF-8 (never silently U+FFFD), or None (reported at file:line of the bad byte)."""
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1 if lineno is None else lineno
+    problems.report(f"{path}:{line}", f"not UTF-8 text (byte {raw[e.start]:#04x})")
+    return None
+
+
+def _jsonl_text(line: str, where: str, text_field: str, problems: InputProblems):
+  """The text of one JSONL record, or None (reported) when the record has no string there."""
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError as e:
+    problems.report(where, f"not valid JSON ({e.msg}, column {e.colno})")
+    return None
+  if not isinstance(record, dict) or text_field not in record:
+    problems.report(where, f"text_field {text_field!r} missing (an object with a "
+                    f"{text_field!r} string per line is expected)")
+    return None
+  text = record[text_field]
+  if not isinstance(text, str):
+    kind = "null" if text is None else type(text).__name__
+    problems.report(where, f"text_field {text_field!r} must be a string, got {kind}")
+    return None
+  return text
+
+
+def _file_texts(path: str, raw: bytes, text_field: str, problems: InputProblems):
+  """Texts of one file: a `.jsonl` file gives one per line, any other file is one text."""
+  if not path.endswith(".jsonl"):
+    text = _decode(raw, path, problems)
+    if text is not None:
+      yield text
+    return
+  for lineno, line_bytes in enumerate(raw.split(b"\n"), 1):
+    where = f"{path}:{lineno}"
+    line = _decode(line_bytes, path, problems, lineno)
+    if line is not None and line.strip():
+      text = _jsonl_text(line, where, text_field, problems)
+      if text is not None:
+        yield text
+
+
+def iter_documents(paths: Sequence[str], *, text_field: str = "text", digest: Any = None,
+                   problems: InputProblems | None = None) -> Iterator[str]:
+  """Non-empty documents of `paths`: a `.jsonl` file gives one per line (its `text_field`, a
+  string), any other file is one document. Input must be UTF-8. Bad lines go to `problems`
+  (default: raise a ValueError naming file:line); empty documents are counted there and dropped.
+  If given, `digest` (a hashlib object) is fed every file's bytes."""
+  problems = InputProblems() if problems is None else problems
   for path in paths:
     with open(path, "rb") as f:
       raw = f.read()
     if digest is not None:
       digest.update(raw)
-    text = raw.decode("utf-8", errors="replace")
-    if not path.endswith(".jsonl"):
-      yield text
-      continue
-    for lineno, line in enumerate(text.splitlines(), 1):
-      if not line.strip():
-        continue
-      record = json.loads(line)
-      if not isinstance(record, dict) or text_field not in record:
-        raise ValueError(f"text_field {text_field!r} missing at {path}:{lineno}")
-      yield str(record[text_field])
+    for text in _file_texts(path, raw, text_field, problems):
+      if text:
+        yield text
+      else:
+        problems.empty_docs += 1
 
 
 def encode_documents(docs: Iterable[str], tokenizer: Tokenizer, *,
@@ -117,47 +194,112 @@ class _ChunkedWriter:
     return self.size
 
 
+def check_output_dir(out_dir: str, overwrite: bool = False) -> None:
+  """Refuse, before any work, an `out_dir` that prepare() must not replace.
+
+  A missing or empty directory is fine; one holding a prepared dataset only with `overwrite`;
+  a file or a directory with anything else never (it is not ours to delete).
+  """
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ValueError(f"out {out_dir!r} exists and is not a directory")
+  if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+    return
+  if not os.path.isfile(os.path.join(out_dir, METADATA_FILE)):
+    raise ValueError(f"out {out_dir!r} is a non-empty directory without a prepared dataset "
+                     f"({METADATA_FILE}); choose another output directory")
+  if not overwrite:
+    raise ValueError(f"out {out_dir!r} already holds a prepared dataset; pass overwrite=True "
+                     "(bdiff prepare --overwrite) to replace it")
+
+
+def _move_into_place(tmp: str, out_dir: str) -> None:
+  """Rename the finished `tmp` to `out_dir`; an old dataset there is deleted only afterwards."""
+  old = None
+  if os.path.isdir(out_dir):
+    old = tmp + ".old"
+    os.rename(out_dir, old)
+  try:
+    os.rename(tmp, out_dir)
+  except OSError:
+    if old is not None:
+      os.rename(old, out_dir)
+    raise
+  if old is not None:
+    shutil.rmtree(old)
+
+
+def _write_tokens(paths, tmp, tokenizer, problems, *, append_eos, show_progress, text_field,
+                  chunk_tokens) -> dict[str, Any]:
+  """Tokenize `paths` into the directory `tmp`; returns the metadata (also written there)."""
+  digest = hashlib.sha256()
+  writer = _ChunkedWriter(tmp, chunk_tokens)
+  num_docs = 0
+  docs = iter_documents(paths, text_field=text_field, digest=digest, problems=problems)
+  for ids in encode_documents(docs, tokenizer, append_eos=append_eos,
+                              show_progress=show_progress):
+    writer.append(ids)
+    num_docs += 1
+  num_tokens = writer.close()
+  if num_docs == 0:
+    raise ValueError(f"inputs {list(paths)} hold no text ({problems.empty_docs} empty "
+                     f"documents, {problems.skipped} lines skipped)")
+  meta = {
+      "format_version": _FORMAT_VERSION, "num_tokens": num_tokens, "num_docs": num_docs,
+      "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size,
+      "eos_id": tokenizer.eos_id, "append_eos": append_eos,
+      "source_sha256": digest.hexdigest(), "inputs": [os.path.abspath(p) for p in paths],
+      **problems.summary(),
+  }
+  with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
+    json.dump(meta, f, indent=2)
+  return meta
+
+
 def prepare(inputs: Sequence[str], out_dir: str, tokenizer: Tokenizer, *,
             append_eos: bool = True, show_progress: bool = True,
-            text_field: str = "text", chunk_tokens: int = 1 << 20) -> dict[str, Any]:
+            text_field: str = "text", chunk_tokens: int = 1 << 20, overwrite: bool = False,
+            on_error: str = "fail") -> dict[str, Any]:
   """Tokenizes text/jsonl files into one flat token array at `out_dir`.
+
+  The array is written to a temporary directory beside `out_dir` and renamed into place only
+  when complete, so a failure (bad input, full disk, Ctrl-C) leaves any old dataset intact.
 
   Args:
     inputs: files or globs; `.jsonl` files hold one document per line in `text_field`,
-      any other file is one document.
-    out_dir: output directory (created; an existing token array there is replaced).
+      any other file is one document. All input must be UTF-8.
+    out_dir: output directory (parents created). An existing dataset there is replaced only
+      with `overwrite`.
     tokenizer: a `Tokenizer`.
     append_eos: end every document with EOS (document boundaries for packing).
     show_progress: show a tqdm bar over documents.
-    text_field: jsonl field holding the text.
+    text_field: jsonl field holding the text (a string).
     chunk_tokens: zarr chunk length (also the write granularity).
+    overwrite: replace a dataset already at `out_dir`.
+    on_error: "fail" raises on the first bad line (naming file:line); "skip" skips and counts
+      bad lines (`skipped` and `skipped_examples` in the metadata).
 
   Returns:
     The metadata dict, also written to `<out_dir>/metadata.json`.
   """
   if chunk_tokens <= 0:
     raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+  problems = InputProblems(on_error)
+  out_dir = os.path.normpath(os.path.abspath(out_dir))
+  check_output_dir(out_dir, overwrite)
   paths = expand_inputs(inputs)
-  os.makedirs(out_dir, exist_ok=True)
-  digest = hashlib.sha256()
-  writer = _ChunkedWriter(out_dir, chunk_tokens)
-  num_docs = 0
-  docs = iter_documents(paths, text_field=text_field, digest=digest)
-  for ids in encode_documents(docs, tokenizer, append_eos=append_eos,
-                              show_progress=show_progress):
-    writer.append(ids)
-    num_docs += 1
-  num_tokens = writer.close()
-  if num_tokens == 0:
-    raise ValueError(f"inputs {list(inputs)} contain no tokens")
-  meta = {
-      "format_version": _FORMAT_VERSION, "num_tokens": num_tokens, "num_docs": num_docs,
-      "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size,
-      "eos_id": tokenizer.eos_id, "append_eos": append_eos,
-      "source_sha256": digest.hexdigest(), "inputs": [os.path.abspath(p) for p in paths],
-  }
-  with open(os.path.join(out_dir, METADATA_FILE), "w", encoding="utf-8") as f:
-    json.dump(meta, f, indent=2)
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  try:
+    meta = _write_tokens(paths, tmp, tokenizer, problems, append_eos=append_eos,
+                         show_progress=show_progress, text_field=text_field,
+                         chunk_tokens=chunk_tokens)
+    _move_into_place(tmp, out_dir)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  if problems.skipped:
+    log.warning("prepare: skipped %d bad input lines, first: %s", problems.skipped,
+                problems.examples[0])
   return meta
 
 

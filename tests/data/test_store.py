@@ -1,6 +1,7 @@
 """Tests for bdiff.data.store: prepare() -> tensorstore round trip."""
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def test_prepare_without_eos_and_overwrite(inputs):
   out = str(tmp_path / "out")
   store.prepare([str(tmp_path / "c.jsonl")], out, ByteTokenizer(), show_progress=False)
   meta = store.prepare([str(tmp_path / "b.txt")], out, ByteTokenizer(), append_eos=False,
-                       show_progress=False)
+                       show_progress=False, overwrite=True)
   array, _ = store.open_tokens(out)
   assert meta["num_tokens"] == len("second")
   assert ByteTokenizer().decode(array.read().result()) == docs[1]
@@ -59,3 +60,90 @@ def test_prepare_errors(inputs, tmp_path):
                   text_field="body", show_progress=False)
   with pytest.raises(ValueError, match="path"):
     store.open_tokens(str(tmp_path / "nowhere"))
+
+
+def _good_store(tmp_path):
+  (tmp_path / "good.txt").write_text("a good dataset")
+  out = str(tmp_path / "ds")
+  store.prepare([str(tmp_path / "good.txt")], out, ByteTokenizer(), show_progress=False)
+  return out
+
+
+def _read(out):
+  array, meta = store.open_tokens(out)
+  return ByteTokenizer().decode(array.read().result()), meta
+
+
+def test_failed_prepare_leaves_the_old_dataset_readable(tmp_path):
+  out = _good_store(tmp_path)
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"text": "fine"}\n{"text": oops}\n')
+  with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
+    store.prepare([str(bad)], out, ByteTokenizer(), show_progress=False, overwrite=True)
+  text, meta = _read(out)
+  assert text.startswith("a good dataset") and meta["num_docs"] == 1
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "ds", "good.txt"]
+
+
+def test_prepare_refuses_to_replace_a_dataset_without_overwrite(tmp_path):
+  out = _good_store(tmp_path)
+  (tmp_path / "other.txt").write_text("other")
+  with pytest.raises(ValueError, match="already holds a prepared dataset.*overwrite"):
+    store.prepare([str(tmp_path / "other.txt")], out, ByteTokenizer(), show_progress=False)
+  assert _read(out)[0].startswith("a good dataset")
+  store.prepare([str(tmp_path / "other.txt")], out, ByteTokenizer(), show_progress=False,
+                overwrite=True)
+  assert _read(out)[0].startswith("other")
+
+
+def test_prepare_never_deletes_a_directory_that_is_not_a_dataset(tmp_path):
+  (tmp_path / "notes").mkdir()
+  (tmp_path / "notes" / "keep.txt").write_text("mine")
+  (tmp_path / "a.txt").write_text("text")
+  with pytest.raises(ValueError, match="without a prepared dataset"):
+    store.prepare([str(tmp_path / "a.txt")], str(tmp_path / "notes"), ByteTokenizer(),
+                  show_progress=False, overwrite=True)
+  assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_empty_input_is_an_error_not_a_one_token_corpus(tmp_path):
+  out = _good_store(tmp_path)
+  (tmp_path / "empty.txt").write_text("")
+  with pytest.raises(ValueError, match="hold no text"):
+    store.prepare([str(tmp_path / "empty.txt")], out, ByteTokenizer(), show_progress=False,
+                  overwrite=True)
+  assert _read(out)[0].startswith("a good dataset")
+
+
+@pytest.mark.parametrize("line, why", [
+    ('{"text": null}', "must be a string, got null"),
+    ('{"text": 12345}', "must be a string, got int"),
+    ('{"text": ["a", "b"]}', "must be a string, got list"),
+    ('["text"]', "text_field 'text' missing"),
+    ('{"text": "x"', "not valid JSON"),
+])
+def test_bad_jsonl_lines_fail_naming_file_and_line(tmp_path, line, why):
+  src = tmp_path / "in.jsonl"
+  src.write_text('{"text": "ok"}\n' + line + "\n")
+  with pytest.raises(ValueError, match=f"in.jsonl:2: .*{re.escape(why)}"):
+    store.prepare([str(src)], str(tmp_path / "o"), ByteTokenizer(), show_progress=False)
+  assert not (tmp_path / "o").exists()
+
+
+def test_non_utf8_input_fails_naming_the_line(tmp_path):
+  src = tmp_path / "bin.txt"
+  src.write_bytes(b"line one\nline \xff two\n")
+  with pytest.raises(ValueError, match=r"bin.txt:2: not UTF-8"):
+    store.prepare([str(src)], str(tmp_path / "o"), ByteTokenizer(), show_progress=False)
+
+
+def test_on_error_skip_counts_and_reports_bad_lines(tmp_path):
+  src = tmp_path / "in.jsonl"
+  src.write_bytes(b'{"text": "one"}\n{"text": null}\n\xff\n{"text": ""}\n{"text": "two"}\n')
+  meta = store.prepare([str(src)], str(tmp_path / "o"), ByteTokenizer(), show_progress=False,
+                       on_error="skip")
+  assert (meta["num_docs"], meta["skipped"], meta["empty_docs"]) == (2, 2, 1)
+  assert [e.split(": ")[0][-10:] for e in meta["skipped_examples"]] == ["in.jsonl:2", "in.jsonl:3"]
+  assert _read(str(tmp_path / "o"))[0] == "onetwo"  # EOS decodes to nothing
+  with pytest.raises(ValueError, match="on_error"):
+    store.prepare([str(src)], str(tmp_path / "p"), ByteTokenizer(), on_error="ignore")
