@@ -11,7 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Lowest first. A module belongs to the first layer with a prefix that matches it.
 LAYERS = (
-    ("bdiff.masks", "bdiff.sharding", "bdiff.flops"),
+    ("bdiff.masks", "bdiff.sharding", "bdiff.flops", "bdiff.distributed"),
     ("pallas_kernels",),
     ("bdiff.attention",),
     ("bdiff.models", "bdiff.diffusion", "bdiff.data"),
