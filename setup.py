@@ -25,7 +25,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
-        "hf": ["tokenizers>=0.20", "safetensors"],
+        "hf": ["tokenizers>=0.20", "safetensors", "jinja2>=3.1"],
         "gpu": ["jax[cuda12]>=0.11.2,<0.12"],
         "tpu": ["jax[tpu]>=0.11.2,<0.12"],
     },
