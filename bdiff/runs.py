@@ -41,15 +41,16 @@ def restore_params(workdir: str, cfg=None, *, mesh=None, use_ema: bool = True):
   """Load a run for inference: (config, params, tokenizer), EMA weights when present.
 
   ``cfg`` defaults to the config saved in the checkpoint; pass one to apply overrides (for
-  example ``sample.*``). The restore is strict: the saved tree must match the model exactly.
+  example ``sample.*``). Only the params subtree is read (never the optimizer moments), and
+  strictly: the saved params must match the model's keys, shapes and dtypes exactly.
   """
-  mgr = checkpointing.manager(workdir)
   if cfg is None:
     cfg = config_lib.from_dict(checkpointing.read_meta(workdir)["config"])
   mesh = sharding_lib.make_mesh(cfg.mesh) if mesh is None else mesh
   _, _, abstract, shardings = state_lib.build(cfg, mesh)
-  state, _ = checkpointing.restore(mgr, abstract, shardings)
-  params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
+  name = "ema_params" if (use_ema and abstract.ema_params is not None) else "params"
+  params = checkpointing.restore_subtree(workdir, name, getattr(abstract, name),
+                                         getattr(shardings, name))
   return cfg, params, data_lib.get_tokenizer(cfg.data.tokenizer)
 
 

@@ -3,12 +3,15 @@
 The data position is the step itself (the batch for step s is a pure function of (seed, s)),
 so resuming needs no iterator state; it is still written so a checkpoint says where it is.
 Restore goes through ``StandardRestore`` with the abstract, sharded target state: a missing or
-extra parameter is an error, never silently ignored (block_diffusion.md §13, R6).
+extra parameter is an error, never silently ignored (a silently re-initialised weight would
+train or sample on without complaint). Inference reads only the params (or EMA params)
+subtree with :func:`restore_subtree`: the Adam moments (twice the params) are never read.
 """
 from __future__ import annotations
 
 import os
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
@@ -48,3 +51,46 @@ def read_meta(workdir: str, step: int | None = None) -> dict:
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
   return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def _flat(tree) -> dict:
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _check_same_tree(saved, abstract, where: str) -> None:
+  """Raise ValueError unless `saved` (checkpoint metadata) has `abstract`'s keys and shapes."""
+  saved, wanted = _flat(saved), _flat(abstract)
+  missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+  if missing or extra:
+    raise ValueError(f"{where} does not match the model: missing {missing[:5]}, "
+                     f"unexpected {extra[:5]} (is --config the one this run was trained with?)")
+  for key, want in wanted.items():
+    got = saved[key]
+    if tuple(got.shape) != tuple(want.shape) or jax.numpy.dtype(got.dtype) != want.dtype:
+      raise ValueError(f"{where} {key}: saved {got.dtype}{list(got.shape)}, the model "
+                       f"needs {want.dtype}{list(want.shape)}")
+
+
+def restore_subtree(workdir: str, name: str, abstract, shardings, step: int | None = None):
+  """Restore only ``state.<name>`` (``"params"`` or ``"ema_params"``) at ``step`` (default
+  latest), into ``shardings``: what inference needs, the rest of the state is not read.
+
+  Strict like :func:`restore`: the saved subtree must have exactly ``abstract``'s keys, shapes
+  and dtypes.
+  """
+  mgr = manager(workdir)
+  step = mgr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
+  item_dir = os.path.join(str(mgr.directory), str(step), "state")
+  saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir)).tree
+  if saved.get(name) is None:
+    raise ValueError(f"checkpoint step {step} in {workdir} has no {name!r}")
+  _check_same_tree(saved[name], abstract, f"checkpoint {name}")
+  target = {name: jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)}
+  restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target)
+  restored = ocp.PyTreeCheckpointer().restore(item_dir, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=restore_args, partial_restore=True))
+  return restored[name]
