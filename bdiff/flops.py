@@ -1,7 +1,9 @@
 """FLOP accounting and utilisation (tokens/s, TFLOP/s, MFU).
 
-Counted FLOPs are model FLOPs (PaLM-style: 2 per multiply-add, backward = 2x forward) over the
-*unmasked* attention pairs, so sparse masks are not credited for work they skip.
+Counted FLOPs are model FLOPs in the PaLM convention (Chowdhery et al. 2022, appendix B):
+2 per multiply-add, backward = 2x forward, so a step costs 3x its forward. Attention is counted
+over the pairs the structural mask allows, so a sparse mask is not credited for work it skips
+(per-document masking of packed rows skips more; that saving is not counted).
 """
 from __future__ import annotations
 
@@ -15,27 +17,42 @@ PEAK_FLOPS = {
 }
 
 
-def bd3_attended_keys_per_query(seq_len: int, block_size: int) -> float:
+def bd3_attended_keys_per_query(seq_len: int, block_size: int,
+                                context_causal: bool = False) -> float:
   """Mean allowed keys per query of the two-stream mask over 2n tokens.
 
-  Allowed pairs: noisy-noisy n*B, noisy->clean B^2 K(K-1)/2, clean-clean B^2 K(K+1)/2, i.e.
-  n*B + n^2 in total over 2n queries.
+  Allowed pairs: noisy-noisy n*B, noisy->clean B^2 K(K-1)/2 and clean-clean B^2 K(K+1)/2
+  (block causal, n*B + n^2 in all) or n(n+1)/2 (token causal, NBDiff).
   """
-  return (seq_len * block_size + seq_len ** 2) / (2 * seq_len)
+  n, b = seq_len, block_size
+  k = n // b
+  clean = n * (n + 1) / 2 if context_causal else b * b * k * (k + 1) / 2
+  return (n * b + b * b * k * (k - 1) / 2 + clean) / (2 * n)
+
+
+def head_params(model_cfg) -> int:
+  """Parameters of a separate output head (0 when it is tied to the embedding)."""
+  return 0 if model_cfg.tie_embeddings else model_cfg.d_model * model_cfg.vocab_size
 
 
 def train_flops_per_step(cfg, num_params: int) -> float:
-  """Model FLOPs of one two-stream training step (forward + backward)."""
-  m, n = cfg.model, cfg.train.seq_len
+  """Model FLOPs of one two-stream training step (forward + backward) over the global batch.
+
+  The body (every weight but the embedding table and the head) runs on both streams, 2n
+  tokens; the head runs on the noisy stream only (both streams with the auxiliary AR loss);
+  the embedding is a gather, not a matmul. Complementary masking doubles the batch.
+  """
+  m, d, n = cfg.model, cfg.diffusion, cfg.train.seq_len
   embed = (m.vocab_size + 1) * m.d_model
-  dense_params = num_params - embed  # embedding lookups are gathers, not matmuls
+  body_params = num_params - embed - head_params(m)
   tokens = 2 * n  # noisy + clean stream
-  matmul = 2 * dense_params * tokens
-  head = 2 * m.d_model * m.vocab_size * n  # logits of the noisy half only
-  keys = bd3_attended_keys_per_query(n, cfg.diffusion.block_size)
+  body = 2 * body_params * tokens
+  head_tokens = 2 * n if d.aux_ar_weight > 0 else n
+  head = 2 * m.d_model * m.vocab_size * head_tokens
+  keys = bd3_attended_keys_per_query(n, d.block_size, d.context_causal)
   attn = 4 * m.n_layers * m.n_heads * m.head_dim * keys * tokens
-  fwd = matmul + head + attn
-  return 3.0 * fwd * cfg.train.global_batch
+  rows = cfg.train.global_batch * (2 if d.complementary_mask else 1)
+  return 3.0 * (body + head + attn) * rows
 
 
 def peak_flops(device=None) -> float | None:
@@ -48,11 +65,17 @@ def peak_flops(device=None) -> float | None:
   return None
 
 
-def utilisation(flops_per_step: float, step_time_s: float) -> dict:
-  """TFLOP/s across all devices and MFU where the peak is known."""
-  tflops = flops_per_step / step_time_s / 1e12
-  out = {"tflops": tflops}
-  peak = peak_flops()
+def utilisation(flops_per_step: float, step_time_s: float, num_devices: int,
+                device=None) -> dict:
+  """TFLOP/s of the step, and MFU over the ``num_devices`` chips that ran it (its mesh).
+
+  MFU needs the chip's peak (``device``, default the first device); it is omitted where the
+  peak is unknown (CPU).
+  """
+  if num_devices <= 0:
+    raise ValueError(f"num_devices must be positive, got {num_devices}")
+  out = {"tflops": flops_per_step / step_time_s / 1e12}
+  peak = peak_flops(device)
   if peak is not None:
-    out["mfu"] = flops_per_step / step_time_s / (peak * jax.device_count())
+    out["mfu"] = flops_per_step / step_time_s / (peak * num_devices)
   return out

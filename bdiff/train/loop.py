@@ -7,6 +7,7 @@ checkpoint and continues exactly: same batches (pure function of (seed, step)), 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -52,8 +53,7 @@ class Trainer:
     data = data_lib.build_data(cfg.data, cfg.train.seq_len, cfg.train.global_batch,
                                cfg.train.seed, process_index=jax.process_index(),
                                process_count=jax.process_count())
-    if cfg.model.vocab_size != data.tokenizer.vocab_size:
-      cfg = _with_vocab(cfg, data.tokenizer.vocab_size)
+    check_vocab(cfg, data.tokenizer)
     mesh = sharding.make_mesh(cfg.mesh) if mesh is None else mesh
     config_lib.validate(cfg, tuple(mesh.shape.values()))
     model, tx, abstract, shardings = state_lib.build(cfg, mesh)
@@ -83,10 +83,17 @@ class Trainer:
     return diffusion.summarize_nelbo(nll, count)
 
 
-def _with_vocab(cfg, vocab_size: int):
-  cfg = config_lib.from_dict(config_lib.to_dict(cfg))
-  cfg.model.vocab_size = vocab_size
-  return cfg
+def check_vocab(cfg, tokenizer) -> None:
+  """The model's output vocabulary must be the data tokenizer's (MASK is the id after it).
+
+  A mismatch is a config error, never silently rewritten: the saved config must describe the
+  model that was trained.
+  """
+  if cfg.model.vocab_size != tokenizer.vocab_size:
+    raise ValueError(
+        f"model.vocab_size={cfg.model.vocab_size} does not match the vocabulary of the data "
+        f"tokenizer {tokenizer.name!r} (data.tokenizer={cfg.data.tokenizer!r}), which has "
+        f"{tokenizer.vocab_size} tokens: set model.vocab_size={tokenizer.vocab_size}")
 
 
 class MetricsWriter:
@@ -156,11 +163,51 @@ def train(cfg, workdir: str, *, mesh=None, on_step: Callable | None = None) -> d
   return last
 
 
+_clock = time.perf_counter  # the loop's timer (tests substitute a fake clock)
+
+
+class _Window:
+  """Wall time and step count since the last log, excluding the first step of this process.
+
+  The first step compiles the train step, so timing it would report compile time as step time
+  (and MFU): the window opens only once that step has finished.
+  """
+
+  def __init__(self):
+    self.t0, self.steps, self.open = _clock(), 0, False
+
+  def stepped(self, metrics) -> None:
+    if self.open:
+      self.steps += 1
+      return
+    jax.block_until_ready(metrics["loss"])
+    self.t0, self.open = _clock(), True
+
+  def close(self) -> float | None:
+    """Seconds per step in the window (None if it holds no timed step), and restart it."""
+    dt = (_clock() - self.t0) / self.steps if self.steps else None
+    self.t0, self.steps = _clock(), 0
+    return dt
+
+  @contextlib.contextmanager
+  def excluded(self):
+    """Time spent inside (evaluation, checkpointing) is not step time."""
+    t = _clock()
+    yield
+    self.t0 += _clock() - t
+
+
+def _throughput(trainer, flops_per_step, dt) -> dict:
+  if dt is None:
+    return {}
+  tokens = trainer.cfg.train.global_batch * trainer.cfg.train.seq_len
+  return dict(tokens_per_s=tokens / dt, step_time_s=dt,
+              **flops.utilisation(flops_per_step, dt, trainer.mesh.size))
+
+
 def _run_steps(trainer, state, start, mgr, writer, flops_per_step, on_step) -> dict:
   cfg = trainer.cfg
-  pending, last, t0, tokens_per_step = [], {}, time.perf_counter(), (
-      cfg.train.global_batch * cfg.train.seq_len)
-  steps_timed = 0
+  pending, last, window = [], {}, _Window()
   bar = tqdm.trange(start, cfg.train.steps, initial=start, total=cfg.train.steps,
                     desc="train", disable=not cfg.train.progress, dynamic_ncols=True)
   for step in bar:
@@ -168,25 +215,24 @@ def _run_steps(trainer, state, start, mgr, writer, flops_per_step, on_step) -> d
     with jax.set_mesh(trainer.mesh):
       state, metrics = trainer.train_step(state, batch)
     pending.append((step, metrics["finite"]))
-    steps_timed += 1
+    window.stepped(metrics)
     done = step + 1
     if done % cfg.train.log_every == 0 or done == cfg.train.steps:
       _check_finite(pending)
       pending.clear()
       jax.block_until_ready(metrics["loss"])
-      dt = (time.perf_counter() - t0) / steps_timed
       last = {k: v for k, v in metrics.items() if k != "finite"}
-      last.update(tokens_per_s=tokens_per_step / dt, step_time_s=dt,
-                  **flops.utilisation(flops_per_step, dt))
-      _maybe_eval(trainer, state, done, last)
-      writer.write(done, last)
+      last.update(_throughput(trainer, flops_per_step, window.close()))
+      with window.excluded():
+        _maybe_eval(trainer, state, done, last)
+        writer.write(done, last)
       bar.set_postfix(loss=f"{float(last['loss']):.4f}")
-      t0, steps_timed = time.perf_counter(), 0
     if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 or (
         done == cfg.train.steps):
       _check_finite(pending)
-      checkpointing.save(mgr, done, state, config_dict=config_lib.to_dict(cfg),
-                         data_position={"seed": cfg.train.seed, "next_step": done})
+      with window.excluded():
+        checkpointing.save(mgr, done, state, config_dict=config_lib.to_dict(cfg),
+                           data_position={"seed": cfg.train.seed, "next_step": done})
     if on_step is not None:
       on_step(done)
   if "eval_nll" not in last and start < cfg.train.steps:

@@ -123,3 +123,41 @@ def test_config_roundtrip():
   cfg = tiny_cfg()
   again = config_lib.from_dict(config_lib.to_dict(cfg))
   assert config_lib.to_dict(again) == config_lib.to_dict(cfg)
+
+
+def test_step_time_excludes_compilation_and_mfu_uses_the_mesh(tmp_path, monkeypatch):
+  """A fake clock: the first (compiling) step takes 100 s, every later step 1 s.
+
+  The old loop timed the first window from before the first step (step_time 50.5 s) and
+  divided MFU by all 8 host devices although the mesh holds one.
+  """
+  now = [0.0]
+  monkeypatch.setattr(loop, "_clock", lambda: now[0])
+  monkeypatch.setattr(loop.flops, "peak_flops", lambda device=None: 1e12)
+  real_jit = step_lib.jit_train_step
+
+  def timed_jit(*args, **kwargs):
+    fn, calls = real_jit(*args, **kwargs), [0]
+
+    def step(state, batch):
+      out = fn(state, batch)
+      now[0] += 100.0 if calls[0] == 0 else 1.0
+      calls[0] += 1
+      return out
+    return step
+
+  monkeypatch.setattr(loop.step_lib, "jit_train_step", timed_jit)
+  cfg = tiny_cfg(steps=4, log_every=2, eval_batches=1)
+  loop.train(cfg, str(tmp_path / "run"), mesh=one_device_mesh())
+  rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl",
+                                            encoding="utf-8")]
+  assert [r["step_time_s"] for r in rows] == [1.0, 1.0]
+  for r in rows:  # peak 1e12 on a one-device mesh: MFU = TFLOP/s exactly
+    assert r["mfu"] == pytest.approx(r["tflops"], rel=1e-12)
+
+
+def test_vocab_mismatch_names_model_vocab_size(tmp_path):
+  cfg = tiny_cfg()
+  cfg.model.vocab_size = 300  # the tiny config's byte tokenizer has 259 ids
+  with pytest.raises(ValueError, match=r"model\.vocab_size=300.*'bytes'.*259"):
+    loop.Trainer.build(cfg, str(tmp_path), one_device_mesh())
