@@ -1,15 +1,16 @@
-"""Proposals, scores and fixed-shape selection primitives (decoding.md §0.2-§0.3).
+"""Proposals, scores and fixed-shape selection primitives shared by every strategy.
 
 Everything here is a pure ``jnp`` function on batched arrays with a leading row dimension:
 logits ``[b, L, V]`` (fp32, real tokens only, MASK excluded), positions ``[b, L]``. A row's
 result depends only on that row's inputs and its own PRNG key (keys ``[b]``, derived by the
 caller with ``fold_in(row_uid)``), never on other rows, so outputs do not change with batch
-size or composition (decoding.md §3.5).
+size or composition.
 
 Selection primitives take a float score ``[b, L]`` and a candidate mask ``[b, L]`` and return
 boolean commit masks. Candidates always sort before non-candidates, candidate scores are
-compared descending, and ties go to the lower position (decoding.md §0.3: ``torch.topk`` leaves
-tie order unspecified; bdiff fixes it so results are reproducible).
+compared descending, and ties go to the lower position (``torch.topk``, which the reference
+implementations use, leaves tie order unspecified; bdiff fixes it so results are
+reproducible).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def row_uniform(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------------------
-# §0.2 filters and proposals
+# Filters and proposals
 
 
 def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
@@ -94,8 +95,10 @@ def sampling_logits(logits: jax.Array, temperature: float = 0.0, top_k: int = 0,
 def sample_tokens(filtered: jax.Array, rng_keys: jax.Array, temperature: float) -> jax.Array:
   """Greedy (``T = 0``) or categorical tokens ``[b, L]`` from filtered logits ``[b, L, V]``.
 
-  The categorical draw is the additive Gumbel form ``argmax(z/T + g)`` of decoding.md §0.2 in
-  float32 (``jax.random.categorical``), one key per row.
+  The categorical draw is the Gumbel-max trick in its additive form ``argmax(z/T + g)``
+  (``jax.random.categorical``, float32), one key per row. LLaDA (ML-GSAI/LLaDA ``generate.py``)
+  writes the same draw multiplicatively, ``exp(z) / (-log u)^T``, in float64; the additive form
+  cannot overflow.
   """
   if temperature <= 0:
     return jnp.argmax(filtered, axis=-1).astype(jnp.int32)
@@ -106,7 +109,7 @@ def sample_tokens(filtered: jax.Array, rng_keys: jax.Array, temperature: float) 
 def propose(logits: jax.Array, rng_keys: jax.Array, temperature: float = 0.0,
             top_k: int = 0, top_p: float = 1.0, nucleus_mode: str = "n1",
             filter_order: str = "k_then_p") -> tuple[jax.Array, jax.Array]:
-  """Proposal ``x̂`` and its probability under the sampling distribution (decoding.md §0.2).
+  """Proposal ``x̂`` and its probability under the sampling distribution.
 
   Args:
     logits: ``[b, L, V]`` float32.
@@ -139,7 +142,7 @@ def neg_entropy(probs: jax.Array) -> jax.Array:
 
 def confidence(probs: jax.Array, tokens: jax.Array, kind: str,
                rng_keys: jax.Array) -> jax.Array:
-  """Score ``c`` of decoding.md §0.2 from a distribution ``probs [b, L, V]``.
+  """Per-position score ``c`` (larger = more confident) from a distribution ``probs [b, L, V]``.
 
   Args:
     probs: raw ``softmax(z)`` or the sampling distribution (``confidence_from``).
@@ -164,7 +167,7 @@ def confidence(probs: jax.Array, tokens: jax.Array, kind: str,
 
 
 # ------------------------------------------------------------------------------------------
-# §0.3 fixed-shape selection primitives
+# Fixed-shape selection primitives: TOPK, TOP1, THR, PREFIX on [b, L] scores
 
 
 def _sort_key(score: jax.Array, cand: jax.Array) -> jax.Array:

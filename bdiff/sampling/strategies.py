@@ -2,8 +2,9 @@
 
 The sampling loop (``generate.py``) denoises one block of capacity ``L`` at a time. Each
 denoising step it runs the model once and calls ``select``; the strategy answers, per row,
-which candidate positions to commit and with which tokens. Rules and sources are in
-``shared/specs/decoding.md`` §2; this module is the uniform interface of §3.4.
+which candidate positions to commit and with which tokens. The rules, their sources and their
+deviations from the reference code are described in ``docs/decoding.md`` and in each rule's
+docstring (``strategies_scheduled.py``, ``strategies_adaptive.py``).
 
 Contract for the loop (all arrays batched, ``b`` rows, block window of ``L`` positions):
 
@@ -16,30 +17,43 @@ Contract for the loop (all arrays batched, ``b`` rows, block window of ``L`` pos
 
   ``logits [b, L, V]`` float32 for the block window (already token-shifted for shifted
   models); ``masked [b, L]`` bool = positions the row may commit now (MASK, inside the active
-  block ``j < blk_len``, before the row's generation limit and stop token, row not done);
+  block, before the row's generation limit and stop token, row not done);
   ``rng_keys [b]`` per-row keys for this step (``fold_in(fold_in(key, row_uid), step)``);
   ``step_in_block [b]`` (or a scalar) = 0 at a block's first denoising step, +1 per step.
 * Guarantees: ``commit ⊆ masked``; any row with a masked position commits at least one
-  (except ``ancestral`` with ``allow_idle=True``); tokens outside ``commit`` are meaningless.
+  (except ``ancestral`` / ``ancestral_greedy`` with ``allow_idle=True``); tokens outside
+  ``commit`` are meaningless.
 * Termination: run a block until no candidate is left. Scheduled strategies
   (``STRATEGIES[name].scheduled``: static, sequential, sdar_dynamic, dream, prophet,
-  ancestral) empty the block in exactly ``cfg.steps`` steps (``steps`` = denoising steps
-  **per block**, LLaDA's ``steps / num_blocks``; 0 = the block capacity ``L``, i.e. one token
-  per step); step indices ``>= steps`` commit everything left. The other strategies take a
-  data-dependent number of steps, at most ``L`` per block.
+  ancestral, ancestral_greedy) empty the block in exactly ``cfg.steps`` steps (``steps`` =
+  denoising steps **per block**, LLaDA's ``steps / num_blocks``; 0 = the block capacity ``L``,
+  i.e. one token per step); step indices ``>= steps`` commit everything left. The other
+  strategies take a data-dependent number of steps, at most ``L`` per block.
 * ``sub_block`` (Fast-dLLM v2, NBDiff) and ``window`` (DCD) restrict candidates statelessly:
   the current sub-block is the one holding the left-most masked position; the DCD window is the
   first ``window`` masked positions. The loop needs no extra counters for them.
-* AdaBlock: at a block's first step the loop calls ``adablock_block_length`` on that step's
-  logits (window starting at the block start), sets ``blk_len``, masks ``j >= blk_len`` out of
-  ``masked`` and calls ``select`` with the same logits and keys (that forward is also the
-  block's first decoding step, decoding.md §2.13).
 * Prophet fills the whole active block with its argmax when the top-2 logit gap clears the
-  threshold (per-block port of §2.11); ``state["fired"]`` tells the loop it happened.
+  threshold, so the block is complete after that step and the loop moves on as for any other
+  complete block. ``state["fired"]`` records which rows went all-in at the last step; the loop
+  does not read it (it is there for inspection and tests).
+
+What is not in the loop today:
+
+* AdaBlock. ``adablock_block_length`` implements its block-length rule (most confident
+  delimiter in a look-ahead window) as a standalone function, and the ``adablock`` registry
+  entry runs the Fast-dLLM threshold rule; but the sampling loop uses the model's fixed block
+  size, and the ``sample`` config rejects ``strategy="adablock"``. Variable-length blocks are
+  future work.
+
+Knobs whose default is ``AUTO`` (``confidence_from``, ``nucleus_mode``, ``filter_order``) and
+``strict=None``
+take the reference convention recorded in the strategy's registry entry (``resolve``). Two
+strategies whose reference always samples (``first_hitting``: BD3-LM; ``ancestral``:
+MD4/MDLM) read ``temperature=0`` as the reference's ``T = 1``; their argmax variants are
+registered under their own names (``first_hitting_greedy``, ``ancestral_greedy``) so a greedy
+run is never reported under the reference's name.
 """
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -47,9 +61,8 @@ import jax.numpy as jnp
 from bdiff.sampling import selection as sel
 from bdiff.sampling import strategies_adaptive as adaptive
 from bdiff.sampling import strategies_scheduled as scheduled
-from bdiff.sampling.types import SWEEPABLE, StepInputs, Strategy, StrategyConfig
-
-adablock_block_length = adaptive.adablock_block_length
+from bdiff.sampling.types import (AUTO, SWEEPABLE, StepInputs, Strategy, StrategyConfig,
+                                  resolve_knobs)
 
 
 def _no_state(cfg: StrategyConfig, batch: int, length: int) -> dict:
@@ -58,36 +71,56 @@ def _no_state(cfg: StrategyConfig, batch: int, length: int) -> dict:
 
 
 _S, _A = scheduled, adaptive
+_SAMPLING = "sampling"  # scores read from the tempered, filtered distribution
 STRATEGIES: dict[str, Strategy] = {
     # Per-block step budget cfg.steps (strategies_scheduled.py).
     "static": Strategy(_S.static_rule, _S.schedule_init, scheduled=True),
-    "sequential": Strategy(_S.sequential_rule, _S.schedule_init, scheduled=True),
+    "sequential": Strategy(_S.sequential_rule, _S.schedule_init, scheduled=True,
+                           confidence_from=_SAMPLING),
     "sdar_dynamic": Strategy(_S.sdar_dynamic_rule, _S.schedule_init, scheduled=True,
-                             strict=True),
-    "dream": Strategy(_S.dream_rule, _no_state, scheduled=True),
+                             strict=True, confidence_from=_SAMPLING),
+    "dream": Strategy(_S.dream_rule, _no_state, scheduled=True, confidence_from=_SAMPLING,
+                      filter_order="p_then_k"),
     "prophet": Strategy(_S.prophet_rule, _S.prophet_init, scheduled=True),
-    "ancestral": Strategy(_S.ancestral_rule, _no_state, scheduled=True),
+    "ancestral": Strategy(_S.ancestral_rule, _no_state, scheduled=True, always_samples=True),
+    "ancestral_greedy": Strategy(_S.ancestral_rule, _no_state, scheduled=True, greedy=True),
     # One position per step.
-    "first_hitting": Strategy(_S.first_hitting_rule, _S.first_hitting_init, scheduled=False),
+    "first_hitting": Strategy(_S.first_hitting_rule, _S.first_hitting_init, scheduled=False,
+                              nucleus_mode="n2", always_samples=True),
+    "first_hitting_greedy": Strategy(_S.first_hitting_rule, _S.first_hitting_init,
+                                     scheduled=False, nucleus_mode="n2", greedy=True),
     "ar": Strategy(_S.ar_rule, _no_state, scheduled=False),
     # Data-dependent number of steps (strategies_adaptive.py).
-    "fixed_k": Strategy(_A.fixed_k_rule, _no_state, scheduled=False),
+    "fixed_k": Strategy(_A.fixed_k_rule, _no_state, scheduled=False,
+                        confidence_from=_SAMPLING),
     "threshold": Strategy(_A.threshold_rule, _no_state, scheduled=False),
     "fast_dllm_v2": Strategy(_A.threshold_rule, _no_state, scheduled=False, strict=True,
-                             needs=("sub_block",)),
-    "dcd": Strategy(_A.threshold_rule, _no_state, scheduled=False, needs=("window",)),
+                             confidence_from=_SAMPLING, needs=("sub_block",)),
+    "dcd": Strategy(_A.threshold_rule, _no_state, scheduled=False, confidence_from=_SAMPLING,
+                    needs=("window",)),
     "adablock": Strategy(_A.threshold_rule, _no_state, scheduled=False,
                          needs=("delimiter_ids",)),
     "factor": Strategy(_A.factor_rule, _no_state, scheduled=False),
     "entropy_bounded": Strategy(_A.entropy_bounded_rule, _no_state, scheduled=False),
+    "entropy_bounded_sdar": Strategy(_A.entropy_bounded_sdar_rule, _no_state, scheduled=False,
+                                     strict=True, confidence_from=_SAMPLING),
     "local_leap": Strategy(_A.local_leap_rule, _no_state, scheduled=False),
-    "bacd": Strategy(_A.bacd_rule, _A.bacd_init, scheduled=False),
+    "bacd": Strategy(_A.bacd_rule, _A.bacd_init, scheduled=False, confidence_from=_SAMPLING),
 }
 
 
-def is_strict(cfg: StrategyConfig) -> bool:
-  """Threshold comparison in effect: ``cfg.strict`` or the strategy's reference default."""
-  return STRATEGIES[cfg.name].strict if cfg.strict is None else cfg.strict
+def resolve(cfg: StrategyConfig) -> StrategyConfig:
+  """``cfg`` with ``strict``, ``confidence_from``, ``nucleus_mode``, ``filter_order`` (and, for
+  strategies whose reference always samples, ``temperature=0``) replaced by the strategy's
+  reference convention wherever the config leaves them to it."""
+  return resolve_knobs(cfg, STRATEGIES[cfg.name])
+
+
+def adablock_block_length(cfg: StrategyConfig, logits: jax.Array, masked: jax.Array,
+                          rng_keys: jax.Array, remaining: jax.Array) -> jax.Array:
+  """AdaBlock's block-length rule (``strategies_adaptive.adablock_block_length``) with the
+  config's reference conventions resolved. Not called by the sampling loop (see above)."""
+  return adaptive.adablock_block_length(resolve(cfg), logits, masked, rng_keys, remaining)
 
 
 def init_state(cfg: StrategyConfig, batch: int, length: int) -> dict:
@@ -96,7 +129,7 @@ def init_state(cfg: StrategyConfig, batch: int, length: int) -> dict:
 
 
 def restrict_candidates(cfg: StrategyConfig, masked: jax.Array) -> jax.Array:
-  """Sub-block (Fast-dLLM v2 §2.6) and sliding-window (DCD §2.14) candidate sets.
+  """Sub-block (Fast-dLLM v2) and sliding-window (DCD) candidate sets.
 
   Both are functions of ``masked`` alone: sub-blocks are processed left to right until empty,
   so the active one holds the left-most masked position; the DCD window ``[wl, wr)`` starts at
@@ -127,7 +160,8 @@ def step_inputs(cfg: StrategyConfig, logits: jax.Array, masked: jax.Array,
   probs = jax.nn.softmax(filtered if cfg.confidence_from == "sampling" else logits, axis=-1)
   score = sel.confidence(probs, tokens, cfg.confidence, rng_keys)
   if cfg.suppress_ids:
-    # decoding.md §2.3: implement the intent of LLaDA's confidence_eos_eot_inf.
+    # The intent of LLaDA's confidence_eos_eot_inf (ML-GSAI/LLaDA generate.py, arXiv
+    # 2502.09992 App. B.4): an EOS/EoT proposal must not win the confidence ranking.
     score = jnp.where(jnp.isin(tokens, jnp.asarray(cfg.suppress_ids)), -jnp.inf, score)
   step = jnp.broadcast_to(jnp.asarray(step_in_block, jnp.int32), (b,))
   return StepInputs(logits, filtered, probs, tokens, score,
@@ -150,7 +184,7 @@ def select(cfg: StrategyConfig, logits: jax.Array, masked: jax.Array, rng_keys: 
   Returns:
     ``(commit [b, L] bool, tokens [b, L] int32, new_state)``.
   """
-  cfg = dataclasses.replace(cfg, strict=is_strict(cfg))  # rules read a resolved bool
+  cfg = resolve(cfg)  # rules read concrete conventions, never AUTO / None
   inp = step_inputs(cfg, logits, masked, rng_keys, step_in_block)
   commit, tokens, state = STRATEGIES[cfg.name].rule(cfg, inp, state)
   commit = commit & inp.cand
@@ -169,9 +203,9 @@ def _fail(prefix: str, key: str, msg: str) -> None:
 
 def _check_choices(cfg: StrategyConfig, prefix: str) -> None:
   choices = {
-      "confidence": sel.CONFIDENCE_KINDS, "confidence_from": ("raw", "sampling"),
-      "nucleus_mode": sel.NUCLEUS_MODES, "filter_order": sel.FILTER_ORDERS,
-      "time_grid": scheduled.TIME_GRIDS}
+      "confidence": sel.CONFIDENCE_KINDS, "confidence_from": ("raw", _SAMPLING, AUTO),
+      "nucleus_mode": sel.NUCLEUS_MODES + (AUTO,),
+      "filter_order": sel.FILTER_ORDERS + (AUTO,), "time_grid": scheduled.TIME_GRIDS}
   for key, valid in choices.items():
     if getattr(cfg, key) not in valid:
       _fail(prefix, key, f"{getattr(cfg, key)!r} is not one of {valid}")
@@ -218,8 +252,11 @@ def validate_strategy_config(cfg: StrategyConfig, prefix: str = "sample") -> Str
   if strat.scheduled and (cfg.sub_block or cfg.window):
     key = "sub_block" if cfg.sub_block else "window"
     _fail(prefix, key, f"not supported by the scheduled strategy {cfg.name!r}")
-  if cfg.allow_idle and cfg.name != "ancestral":
-    _fail(prefix, "allow_idle", "only the 'ancestral' strategy may commit nothing in a step")
+  if cfg.allow_idle and strat.rule is not scheduled.ancestral_rule:
+    _fail(prefix, "allow_idle", "only the 'ancestral' strategies may commit nothing in a step")
+  if strat.greedy and cfg.temperature != 0:
+    _fail(prefix, "temperature", f"strategy {cfg.name!r} is the argmax variant and needs "
+          f"temperature=0; use {cfg.name.removesuffix('_greedy')!r} to sample")
   if any((not isinstance(i, int)) or i < 0 for i in cfg.suppress_ids + cfg.delimiter_ids):
     _fail(prefix, "suppress_ids" if cfg.suppress_ids else "delimiter_ids",
           "token ids must be integers >= 0")

@@ -3,10 +3,10 @@
 Rules have the registry signature ``rule(cfg, inp, state) -> (commit, tokens, state)`` with
 ``inp`` a ``types.StepInputs`` (candidates already restricted to the Fast-dLLM v2
 sub-block or DCD window); ``strategies.select`` adds the never-stall ``TOP1`` and resolves
-``cfg.strict`` to the reference comparison. These rules run a block until it has no masks.
+``cfg.strict`` / ``cfg.confidence_from`` to the reference conventions recorded in the
+registry. These rules run a block until it has no masks.
 """
 from __future__ import annotations
-
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +16,14 @@ from bdiff.sampling.types import StepInputs, StrategyConfig
 
 
 def fixed_k_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
-  """``TOPK(k)`` every step: DCD ``decode_algo = fixed`` (§2.14), Elastic-Cache
-  ``tokens_per_iter`` (§2.10), NBDiff one-token-per-step ``alg`` with ``k = 1`` and
-  ``sub_block`` (§2.7)."""
+  """``TOPK(k)`` every step.
+
+  Sources: shuyingte/DCD ``decode_algorithm.py`` ``decode_algo = fixed`` (arXiv 2601.02076;
+  scores from the tempered, filtered distribution, hence ``confidence_from = "sampling"`` by
+  default); also VILA-Lab/Elastic-Cache ``tokens_per_iter`` (arXiv 2510.14973, raw scores:
+  set ``confidence_from="raw"``) and YuchuanTian/NBDiff's one-token-per-step ``alg`` values
+  (arXiv 2512.06776) with ``k = 1`` and ``sub_block``.
+  """
   return sel.topk_mask(inp.score, inp.cand, cfg.k), inp.tokens, state
 
 
@@ -28,18 +33,24 @@ def threshold_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   Registered as:
 
   * ``threshold`` — Fast-dLLM v1 ``get_transfer_index`` (NVlabs/Fast-dLLM
-    ``llada/generate.py``, arXiv 2505.22618, decoding.md §2.5): ``c >= τ`` on the raw
-    probability; default ``τ = 0.9``. Also CD4LM's confidence-adaptive decoding (§2.20,
-    [inferred]) and NBDiff ``confidence_threshold`` with ``strict=True`` and ``sub_block``.
+    ``llada/generate.py``, arXiv 2505.22618): ``c >= τ`` on the raw probability (reference
+    defaults ``strict=False``, ``confidence_from="raw"``); ``τ = 0.9``. NBDiff's
+    ``confidence_threshold`` (YuchuanTian/NBDiff, arXiv 2512.06776) is this rule with
+    ``strict=True``, ``confidence_from="sampling"`` and ``sub_block``. CD4LM (arXiv
+    2601.02236) describes its confidence-adaptive decoding in words that match this rule; its
+    code was not checked.
   * ``fast_dllm_v2`` — NVlabs/Fast-dLLM ``v2/generation_functions.py`` ``batch_sample``
-    (arXiv 2509.26328, §2.6): strict ``c > τ`` within the current sub-block (``sub_block``,
-    eval default 8 of ``B = 32``), ``confidence_from = "sampling"``, ``top_p = 0.95``.
+    (arXiv 2509.26328): strict ``c > τ`` within the current sub-block (``sub_block``, eval
+    default 8 of ``B = 32``), scores from the sampling distribution; reference
+    ``top_p = 0.95``.
   * ``dcd`` — shuyingte/DCD ``window_bidirectional_decode`` / ``window_causal_decode``
-    (arXiv 2601.02076, §2.14): ``n = max(#{c >= τ}, 1)``, ``TOPK(n)`` in the sliding window
-    of ``window`` masks (``W0`` 16 LLaDA/Dream, 8 Fast-dLLM v2). That equals ``THR ∪ TOP1``.
-    Cache-refresh counters and the optional block expansion are the loop's business.
-  * ``adablock`` — lgxi24/AdaBlock-dLLM (arXiv 2509.26432, §2.13): the Fast-dLLM rule inside
-    a block whose length ``adablock_block_length`` chose.
+    (arXiv 2601.02076): ``n = max(#{c >= τ}, 1)``, ``TOPK(n)`` in the sliding window of
+    ``window`` masks (``W0`` 16 LLaDA/Dream, 8 Fast-dLLM v2), scores from the sampling
+    distribution. That equals ``THR ∪ TOP1``. DCD's cache-refresh counters and optional block
+    expansion are not implemented (bdiff's cache is exact).
+  * ``adablock`` — lgxi24/AdaBlock-dLLM (arXiv 2509.26432): the Fast-dLLM rule. AdaBlock's
+    own contribution, the block length, is ``adablock_block_length`` below, which the
+    sampling loop does not call; the ``sample`` config rejects this strategy.
   """
   commit = sel.threshold_mask(inp.score, inp.cand, cfg.threshold, bool(cfg.strict))
   return commit, inp.tokens, state
@@ -49,7 +60,7 @@ def factor_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   """Fast-dLLM factor rule: the top-``n*`` with ``(n + 1)(1 - c_(n)) <= f``.
 
   Source: NVlabs/Fast-dLLM ``get_transfer_index`` (factor branch) as used in
-  furiosa-ai/ParallelBench ``model/dream_model_utils.py`` (decoding.md §2.5). ``PREFIX`` with
+  furiosa-ai/ParallelBench ``model/dream_model_utils.py`` (arXiv 2505.22618). ``PREFIX`` with
   ``ok_j = (j = 0) ∨ (c_(j) >= 1 - f/(j+2))`` (0-based). ``factor_quirk`` replicates the
   reference committing all ``N`` candidates when only the last one fails.
   """
@@ -63,20 +74,56 @@ def factor_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   return commit, inp.tokens, state
 
 
-def entropy_bounded_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
-  """EB-sampler: commit the lowest-entropy candidates while their cumulative entropy ``<= γ``.
+def _bounded_prefix(cfg: StrategyConfig, inp: StepInputs, cost: jax.Array,
+                    exclusive: bool) -> jax.Array:
+  """Candidates in ascending ``cost`` order: the longest prefix whose cost sum passes ``γ``.
 
-  Source: JetAstra/SDAR ``generate.py`` ``entropy_bounded`` (commit c2041a83; decoding.md
-  §2.8), EB-sampler. At least one. bdiff uses the true entropy ``-Σ p log p`` of the score
-  distribution (``confidence_from``; SDAR: ``"sampling"``), not the reference's reported
-  sampled-token variant [unverified]; default ``γ = 0.35``. Ignores ``cfg.confidence``.
+  The sum runs over the prefix before the position (``exclusive``, the EB-sampler's
+  ``Σ H - max H``: the costs are sorted ascending, so the running max is the position's own
+  cost) or up to and including it. ``cfg.strict`` picks ``< γ`` or ``<= γ``. The first
+  candidate always goes. Ties go to the lower position.
   """
-  neg_h = sel.neg_entropy(inp.probs)
+  def ok(j, sorted_neg_cost):
+    cost_sorted = -sorted_neg_cost
+    total = jnp.cumsum(cost_sorted, axis=-1) - (cost_sorted if exclusive else 0.0)
+    passed = (total < cfg.gamma) if cfg.strict else (total <= cfg.gamma)
+    return (j == 0) | passed
 
-  def ok(j, sorted_neg_h):
-    return (j == 0) | (jnp.cumsum(-sorted_neg_h, axis=-1) <= cfg.gamma)
+  return sel.prefix_mask(-cost, inp.cand, ok)
 
-  return sel.prefix_mask(neg_h, inp.cand, ok), inp.tokens, state
+
+def entropy_bounded_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
+  """EB-sampler: the lowest-entropy candidates while ``Σ H - max H <= γ``.
+
+  Source: Ben-Hamu, Gat, Severo, Nolte, Karrer, "Accelerated Sampling from Masked Diffusion
+  Models via Entropy Bounded Unmasking", arXiv 2505.24857. Sort the candidates by the entropy
+  ``H_i = -Σ_v p_i(v) log p_i(v)`` of the model's distribution (``confidence_from = "raw"``
+  by default) ascending and commit the largest prefix ``U`` with
+  ``Σ_{i∈U} H_i - max_{i∈U} H_i <= γ`` (at least one). Ignores ``cfg.confidence``.
+  ``sample.strict=true`` makes the bound strict. ``γ`` default 0.35 (SDAR's; the paper sweeps
+  it). The variant released in JetAstra/SDAR is ``entropy_bounded_sdar``.
+  """
+  cost = -sel.neg_entropy(inp.probs)
+  return _bounded_prefix(cfg, inp, cost, exclusive=True), inp.tokens, state
+
+
+def entropy_bounded_sdar_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
+  """SDAR's released ``entropy_bounded`` remasking: ``Σ -p(x̂) log p(x̂) < γ``.
+
+  Source: JetAstra/SDAR ``generate.py`` ``block_diffusion_generate``,
+  ``remasking_strategy="entropy_bounded"`` (commit c2041a8; arXiv 2510.06303). Its "entropy"
+  is computed from the sampled token's probability alone, ``h_i = -p_i(x̂_i) log p_i(x̂_i)``
+  (``p`` clamped at 1e-12) under the sampling distribution (temperature, top-k, top-p), not
+  the entropy of the distribution; candidates are sorted by ``h`` ascending and the prefix
+  with cumulative sum ``< γ`` (``searchsorted(..., right=False)``: strict by default) is
+  committed, at least one; ``eb_threshold`` default 0.35.
+  Deviation [bdiff]: the released code also sums ``h`` over the block axis, so every position
+  of a row gets the same value, and it never initialises its transfer mask in this branch (it
+  cannot run as released); bdiff applies ``h`` per position, the evident intent.
+  """
+  p = jnp.maximum(sel.token_prob(inp.probs, inp.tokens), 1e-12)
+  cost = -p * jnp.log(p)
+  return _bounded_prefix(cfg, inp, cost, exclusive=False), inp.tokens, state
 
 
 def dilate(mask: jax.Array, radius: int) -> jax.Array:
@@ -93,13 +140,19 @@ def dilate(mask: jax.Array, radius: int) -> jax.Array:
 def local_leap_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   """LocalLeap: anchors ``c >= τ`` plus neighbours within ``r`` with ``c >= τ_relaxed``.
 
-  Source: arXiv 2510.07081, friedrichor/LocalLeap ``generate.py`` (decoding.md §2.12):
-  ``S = A ∪ {i ∈ N(A, r) ∩ C : c_i >= τ_relaxed} ∪ TOP1``; defaults ``τ = 0.9``,
-  ``τ_relaxed = 0.75``, ``r = 4``.
+  Source: "LocalLeap", arXiv 2510.07081, reference code friedrichor/LocalLeap
+  ``generate.py`` (a Fast-dLLM-style threshold decoder with two extra arguments):
+  ``S = A ∪ {i ∈ N(A, r) ∩ C : c_i >= τ_relaxed} ∪ TOP1`` with anchors
+  ``A = {i ∈ C : c_i >= τ}`` and ``N(A, r)`` the positions within ``r`` of an anchor; raw
+  scores; defaults ``τ = 0.9``, ``τ_relaxed = 0.75``, ``r = 4``. Both comparisons are ``>=``
+  in the reference; ``sample.strict=true`` makes both ``>``. The paper's "progressive spatial
+  consistency decay" appears in that code only as the bounded radius with one relaxed
+  threshold, and so here.
   """
-  anchors = sel.threshold_mask(inp.score, inp.cand, cfg.threshold)
+  strict = bool(cfg.strict)
+  anchors = sel.threshold_mask(inp.score, inp.cand, cfg.threshold, strict)
   near = dilate(anchors, cfg.radius)
-  relaxed = sel.threshold_mask(inp.score, inp.cand & near, cfg.relaxed_threshold)
+  relaxed = sel.threshold_mask(inp.score, inp.cand & near, cfg.relaxed_threshold, strict)
   return anchors | relaxed, inp.tokens, state
 
 
@@ -112,12 +165,13 @@ def bacd_init(cfg: StrategyConfig, batch: int, length: int) -> dict:
 def bacd_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   """BACD (TDAR): threshold = block's running mean committed confidence, clipped.
 
-  Source: LuLuLuyi/TDAR lmdeploy ``unmasking.py`` ``bounded_adaptive_confidence_decoding``
-  (arXiv 2602.09555, decoding.md §2.15): ``τ = clip(mean(H) or max_C c if H empty, τ_lo,
-  τ_hi)``, ``S = {c >= τ}`` or ``TOP1`` if empty, ``H ← H ∪ c_S``; ``H`` resets at block
-  start.
-  Reference: ``threshold_low = 0.6``, ``threshold_high = 0.9``, ``confidence_from =
-  "sampling"``.
+  Source: LuLuLuyi/TDAR ``third_party/lmdeploy-0.10.2/lmdeploy/pytorch/strategies/dllm/
+  unmasking.py`` ``bounded_adaptive_confidence_decoding`` ("Advancing Block Diffusion LMs for
+  Test-Time Scaling", arXiv 2602.09555): ``τ = clip(mean(H), τ_lo, τ_hi)``, or
+  ``clip(max_C c, τ_lo, τ_hi)`` while the history ``H`` of the block is empty;
+  ``S = {c >= τ}``, or ``TOP1`` if empty; ``H ← H ∪ c_S``; ``H`` resets when a block starts.
+  Reference: ``threshold_low = 0.6``, ``threshold_high = 0.9``, scores from the sampling
+  distribution, ``>=`` (``sample.strict=true`` makes it ``>``).
   """
   fresh = inp.step == 0
   h_sum = jnp.where(fresh, 0.0, state["h_sum"])
@@ -125,7 +179,7 @@ def bacd_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   max_c = jnp.max(jnp.where(inp.cand, inp.score, -jnp.inf), axis=-1)
   tau = jnp.where(h_cnt == 0, max_c, h_sum / jnp.maximum(h_cnt, 1))
   tau = jnp.clip(tau, cfg.threshold_low, cfg.threshold_high)
-  commit = sel.threshold_mask(inp.score, inp.cand, tau)
+  commit = sel.threshold_mask(inp.score, inp.cand, tau, bool(cfg.strict))
   commit = sel.ensure_progress(commit, inp.score, inp.cand)  # H must include the forced TOP1
   h_sum = h_sum + jnp.sum(jnp.where(commit, inp.score, 0.0), axis=-1)
   return commit, inp.tokens, {"h_sum": h_sum, "h_cnt": h_cnt + sel.count(commit)}
@@ -136,14 +190,16 @@ def adablock_block_length(cfg: StrategyConfig, logits: jax.Array, masked: jax.Ar
   """AdaBlock block length from the most confident delimiter in the look-ahead window.
 
   Source: lgxi24/AdaBlock-dLLM ``llada/generate_adablock.py`` ``compute_block_length``
-  (arXiv 2509.26432, decoding.md §2.13). Call at a block's first step with that step's
-  logits over a window starting at the block start; pass the same ``rng_keys`` as to
-  ``select`` so the proposals agree. Among still-masked positions ``j < min(lookahead,
-  remaining)`` whose proposal is in ``delimiter_ids`` (LLaDA: 198 "\\n"), take the one with
-  the highest raw ``softmax(z)[x̂]``; if that is ``>= delimiter_threshold`` (0.3 LLaDA, 0.5
-  Dream) the block ends right after it, else it has ``min(block_length, remaining)``.
-  Deviation [bdiff]: capped at the window capacity ``W`` (the loop's ``B_max``), since a
-  model trained with block ``B_max`` cannot attend a longer block.
+  (arXiv 2509.26432). A standalone function: the sampling loop does not call it (its blocks
+  have the model's fixed size). Intended use: at a block's first step, with that step's
+  logits over a window starting at the block start and the same ``rng_keys`` as ``select``
+  so the proposals agree; ``cfg`` resolved (``strategies.adablock_block_length`` does it).
+  Among still-masked positions ``j < min(lookahead, remaining)`` whose proposal is in
+  ``delimiter_ids`` (LLaDA: 198 "\\n"), take the one with the highest raw
+  ``softmax(z)[x̂]``; if that is ``>= delimiter_threshold`` (0.3 LLaDA, 0.5 Dream) the block
+  ends right after it, else it has ``min(block_length, remaining)``.
+  Deviation [bdiff]: capped at the window width ``W`` (the model's block size), since a
+  model trained with blocks of ``W`` cannot attend a longer block.
 
   Args:
     cfg: config with ``delimiter_ids``, ``delimiter_threshold``, ``block_length`` (B0),

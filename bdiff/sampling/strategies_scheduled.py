@@ -1,4 +1,7 @@
-"""Strategies with a per-block step budget or a fixed order (decoding.md §2.1-2.4, 2.8, 2.11).
+"""Strategies with a per-block step budget or a fixed order.
+
+LLaDA / SDAR static schedules, SDAR sequential and dynamic, Dream's schedule, Prophet's early
+commit, ancestral sampling (MD4 / MDLM / BD3-LM) and BD3-LM's first-hitting sampler.
 
 Rules have the registry signature ``rule(cfg, inp, state) -> (commit, tokens, state)`` with
 ``inp`` a ``types.StepInputs``; ``strategies.select`` intersects ``commit`` with the
@@ -31,7 +34,10 @@ def steps_per_block(cfg: StrategyConfig, length: int) -> int:
 
 
 def static_k(n0: jax.Array, step: jax.Array, steps: int) -> jax.Array:
-  """LLaDA ``get_num_transfer_tokens`` (decoding.md §0.3): ``k_s = N div S + [s < N mod S]``.
+  """LLaDA ``get_num_transfer_tokens``: ``k_s = N div S + [s < N mod S]``.
+
+  ``N`` masked tokens over ``S`` steps, the first ``N mod S`` steps taking one extra
+  (ML-GSAI/LLaDA ``generate.py``).
 
   Steps ``>= S`` (only reachable when the loop overruns the budget) take everything left.
   """
@@ -48,18 +54,21 @@ def _schedule(cfg: StrategyConfig, inp: StepInputs, state: dict) -> tuple[jax.Ar
 def static_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   """LLaDA low-confidence / random remasking: ``TOPK(k_s)`` on a fixed schedule.
 
-  Source: ML-GSAI/LLaDA ``generate.py`` (decoding.md §2.3); SDAR ``low_confidence_static``
-  (§2.8). ``cfg.confidence`` picks the score: ``prob`` = low_confidence, ``random`` = random
-  remasking, ``margin`` / ``neg_entropy`` = ParallelBench's topk_margin / entropy. ``N`` is
-  the row's masked count at block start (SDAR takes ``B``; bdiff uses ``N`` with
-  ``min(k_s, n_cand)``, which never selects a non-masked position).
+  Source: ML-GSAI/LLaDA ``generate.py`` (arXiv 2502.09992; raw scores); JetAstra/SDAR
+  ``low_confidence_static`` (arXiv 2510.06303). ``cfg.confidence`` picks the score: ``prob`` =
+  low_confidence, ``random`` = random remasking, ``margin`` / ``neg_entropy`` =
+  ParallelBench's (furiosa-ai/ParallelBench, arXiv 2510.04767) topk_margin / entropy. ``N`` is
+  the row's masked count at block start. Deviation [bdiff]: SDAR computes the table from the
+  block size ``B``, which can pick non-masked positions when the prompt fills part of the
+  first block; bdiff uses ``N`` with ``min(k_s, n_cand)``, which never does.
   """
   k, state = _schedule(cfg, inp, state)
   return sel.topk_mask(inp.score, inp.cand, k), inp.tokens, state
 
 
 def sequential_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
-  """SDAR ``sequential``: the ``k_s`` left-most masked positions (decoding.md §2.8)."""
+  """SDAR ``sequential``: the ``k_s`` left-most masked positions (JetAstra/SDAR
+  ``generate.py``, arXiv 2510.06303)."""
   k, state = _schedule(cfg, inp, state)
   return sel.leftmost_masks(inp.cand, k), inp.tokens, state
 
@@ -67,7 +76,9 @@ def sequential_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
 def sdar_dynamic_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   """SDAR ``low_confidence_dynamic``: all ``c > τ`` if there are ``>= k_s``, else ``TOPK(k_s)``.
 
-  Source: JetAstra/SDAR ``generate.py`` (decoding.md §2.8); strict ``>`` by default.
+  Source: JetAstra/SDAR ``generate.py`` ``low_confidence_dynamic`` (arXiv 2510.06303):
+  strict ``>`` and scores from the sampling distribution by default; reference ``τ = 0.85``
+  in the script, 0.9 in its README and LMDeploy.
   """
   k, state = _schedule(cfg, inp, state)
   high = sel.threshold_mask(inp.score, inp.cand, cfg.threshold, bool(cfg.strict))
@@ -78,11 +89,12 @@ def sdar_dynamic_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
 def dream_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   """Dream ``maskgit_plus`` / ``topk_margin`` / ``entropy``: ``TOPK(⌊N·(1 - s/t)⌋)``.
 
-  Source: HKUNLP/Dream ``generation_utils.py`` (vendored in NVlabs/Fast-dLLM), decoding.md
-  §2.4 and the Dream-style schedule of §0.3: grid ``t_i = linspace(1, ε, S+1)``, ε = 1e-3,
+  Source: HKUNLP/Dream ``generation_utils.py`` (vendored in NVlabs/Fast-dLLM
+  ``dream/model/generation_utils.py``): grid ``t_i = linspace(1, ε, S+1)``, ε = 1e-3,
   ``N`` = the row's current masked count (the reference averages it over the batch; bdiff per
   row), everything at the last step. ``cfg.confidence`` = ``prob`` (maskgit_plus), ``margin``
-  (topk_margin) or ``neg_entropy`` (entropy); Dream scores the ``"sampling"`` distribution.
+  (topk_margin) or ``neg_entropy`` (entropy). Reference conventions (the defaults here):
+  scores from the sampling distribution, filters in the order top-p then top-k.
   Not implemented: ``alg_temp > 0`` (positions sampled from ``softmax(score / alg_temp)``).
   Where ``k = 0`` the never-stall rule still commits the top-1 [bdiff].
   """
@@ -103,13 +115,15 @@ def prophet_init(cfg: StrategyConfig, batch: int, length: int) -> dict:
 def prophet_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   """Prophet early commit: fill the block with its argmax when the top-2 logit gap is large.
 
-  Source: pixeli99/Prophet ``generate_earlyexit.py``, arXiv 2508.19982 (decoding.md §2.11).
+  Source: pixeli99/Prophet ``generate_earlyexit.py``, arXiv 2508.19982.
   ``gap = z_(1) - z_(2)`` on raw **logits**, averaged over the monitored positions;
   ``τ(π) = prophet_gaps[#{bounds <= π}]`` (7.5 / 5.0 / 2.5 at 0.33 / 0.67); all-in when
-  ``gap >= τ(π)``, else the LLaDA static rule. Block port [derived]: later blocks do not exist
-  yet, so the fill covers the active block, the monitored set is every masked position of the
-  block (no forced answer prefix) and progress is ``π = step_in_block / steps``.
-  ``state["fired"]`` is True for rows that went all-in at this step.
+  ``gap >= τ(π)``, else the LLaDA static rule. Deviation [bdiff], a per-block port: Prophet
+  decodes one long sequence and its all-in fills every remaining block, but later blocks do
+  not exist yet here, so the fill covers the active block; the monitored set is every masked
+  position of the block (Prophet monitors a forced answer span) and progress is
+  ``π = step_in_block / steps``. ``state["fired"]`` is True for rows that went all-in at
+  this step; the sampling loop does not read it (the filled block is simply complete).
   """
   base, tokens, state = static_rule(cfg, inp, state)
   top2 = jax.lax.top_k(inp.logits, 2)[0]
@@ -126,11 +140,13 @@ def prophet_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
 
 
 def unmask_probability(step: jax.Array, steps: int, grid: str = "linear") -> jax.Array:
-  """``u = (α(s) - α(t)) / (1 - α(t)) = 1 - s/t`` for ``μ(t) = t`` (decoding.md §2.1).
+  """``u = (α(s) - α(t)) / (1 - α(t)) = 1 - s/t`` for ``μ(t) = t``, the unmask probability.
 
-  ``t = 1 - i/T``, ``s = max(t - 1/T, 0)`` (bdiff's fix of the bd3lms grid quirk); the MD4
-  ``cosine`` grid maps both through ``τ -> cos(π/2 (1 - τ))``. The last step (and any later
-  one) reveals everything.
+  ``t = 1 - i/T``, ``s = max(t - 1/T, 0)``; the MD4 ``cosine`` grid maps both through
+  ``τ -> cos(π/2 (1 - τ))``. The last step (and any later one) reveals everything.
+  Deviation [bdiff]: kuleshov-group/bd3lms steps through ``linspace(1, 0, T)`` with
+  ``dt = 1/T``, so its grid points are not ``1/T`` apart and the last one is ``t = 0``
+  (a division by zero that its blocks usually never reach); bdiff uses the even grid above.
   """
   t = 1.0 - step.astype(jnp.float32) / steps
   s = jnp.maximum(t - 1.0 / steps, 0.0)
@@ -143,15 +159,23 @@ def unmask_probability(step: jax.Array, steps: int, grid: str = "linear") -> jax
 def ancestral_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   """Ancestral (D3PM / MDLM / MD4 / BD3-LM ``ddpm``) step, one-draw form.
 
-  Sources: google-deepmind/md4 ``ancestral_sample_step`` / ``topp_sample_step``;
-  kuleshov-group/mdlm ``ddpm``; kuleshov-group/bd3lms ``_ddpm_caching_update`` (decoding.md
-  §2.1). Each candidate draws from the ``(V+1)``-way categorical ``[u·p_θ(v), 1 - u]``;
-  ``p_θ`` is the sampling distribution (temperature, top-k, nucleus; at ``T = 0`` a one-hot
-  on the argmax, i.e. Bernoulli(u) reveals of greedy tokens). The masking schedule is fixed to
-  ``μ(t) = t`` (log-linear, MDLM/BD3-LM), so ``u = 1 - s/t``; ``cfg.steps`` = ``T`` per block.
-  Deviation [bdiff]: unless ``allow_idle``, a step that reveals nothing reveals one uniformly
-  random candidate with a fresh sample (the first-hitting event), so the loop never spins;
-  ``allow_idle=True`` gives the exact sampler (needed for ``ddpm_cache``).
+  Sources: google-deepmind/md4 ``md4/models/diffusion/md4.py`` ``ancestral_sample_step`` /
+  ``topp_sample_step`` (arXiv 2406.04329); kuleshov-group/mdlm ``ddpm`` (arXiv 2406.07524);
+  kuleshov-group/bd3lms ``_ddpm_caching_update`` (arXiv 2503.09573). Each candidate draws
+  from the ``(V+1)``-way categorical ``[u·p_θ(v), 1 - u]`` with ``p_θ`` the sampling
+  distribution (temperature, top-k, nucleus; MD4's top-p keeps the crossing token, the ``n1``
+  default). The masking schedule is fixed to ``μ(t) = t`` (log-linear, MDLM/BD3-LM), so
+  ``u = 1 - s/t``; ``cfg.steps`` = ``T`` per block.
+
+  Registered twice:
+
+  * ``ancestral`` — the references always sample ``p_θ``, so ``temperature=0`` means ``T = 1``.
+  * ``ancestral_greedy`` — deviation [bdiff]: ``p_θ`` replaced by a one-hot on the argmax
+    (Bernoulli(u) reveals of greedy tokens); needs ``temperature=0``.
+
+  Deviation [bdiff], both: unless ``allow_idle``, a step that reveals nothing reveals one
+  uniformly random candidate with a fresh sample (the first-hitting event), so the loop never
+  spins; ``allow_idle=True`` gives the exact sampler (what MDLM's ``ddpm_cache`` relies on).
   """
   steps = steps_per_block(cfg, inp.cand.shape[-1])
   u = unmask_probability(inp.step, steps, cfg.time_grid)[:, None, None]
@@ -183,11 +207,24 @@ def first_hitting_init(cfg: StrategyConfig, batch: int, length: int) -> dict:
 def first_hitting_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   """BD3-LM first-hitting: one uniformly random masked position per step, token ``~ p_θ``.
 
-  Source: kuleshov-group/bd3lms ``diffusion.py`` ``_ddpm_caching_update`` with
-  ``sampling.first_hitting`` (decoding.md §2.2); arXiv 2503.09573. Reference settings:
-  ``temperature = 1``, ``top_p = 0.9``, ``nucleus_mode = "n2"``. ``state["t"]`` follows
-  ``t <- t·u^{1/n_m}`` per row (the reference draws one ``u`` per batch; bdiff per row) and
-  resets to 1 at each block start; it only matters to time-conditioned models.
+  Source: kuleshov-group/bd3lms ``diffusion.py`` ``_ddpm_caching_update`` and
+  ``_nucleus_sample`` with ``sampling.first_hitting=True`` (arXiv 2503.09573; the first-hitting
+  sampler is from Zheng et al., arXiv 2409.02908). BD3-LM has no temperature: it samples the
+  token from ``p_θ`` after its nucleus filter, which drops the token whose cumulative mass
+  crosses ``top_p`` (``nucleus_mode="n2"``, the default here); its generation scripts use
+  ``top_p = 0.9`` (config default 1.0 = off). ``state["t"]`` follows ``t <- t·u^{1/n_m}``
+  per row and resets to 1 at each block start; it only matters to time-conditioned models.
+
+  Registered twice:
+
+  * ``first_hitting`` — BD3-LM's rule: ``temperature=0`` means BD3-LM's ``T = 1``; another
+    temperature tempers ``p_θ`` (an extension, BD3-LM has no such knob).
+  * ``first_hitting_greedy`` — deviation [bdiff]: the token is the argmax; needs
+    ``temperature=0``.
+
+  Deviations [bdiff], both: the reference draws one ``u`` for the whole batch and its
+  position draw assumes batch 1 (which its generation scripts use); bdiff draws both per row. The
+  categorical draw is float32 (the reference uses float64 probabilities).
   """
   n = sel.count(inp.cand)
   u = sel.row_uniform(sel.row_keys(inp.keys, sel.SALT_REVEAL), ())
@@ -199,8 +236,8 @@ def first_hitting_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
 def ar_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   """Autoregressive baseline: the left-most masked position, one per step.
 
-  Block size 1 is an ordinary AR LM (DESIGN.md); this runs any block size left to right
-  through the same loop (SDAR ``sequential`` with one token per step, decoding.md §2.8).
+  A block-diffusion model with block size 1 is an ordinary AR LM; this runs any block size
+  left to right through the same loop (SDAR's ``sequential`` with one token per step).
   Greedy at ``temperature = 0``, sampled otherwise.
   """
   del cfg

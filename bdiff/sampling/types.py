@@ -12,6 +12,9 @@ from typing import Any, NamedTuple
 
 import jax
 
+# Sentinel of the knobs whose default is the strategy's reference convention.
+AUTO = "auto"
+
 
 @dataclasses.dataclass(frozen=True)
 class StrategyConfig:
@@ -20,18 +23,23 @@ class StrategyConfig:
   Frozen and hashable: pass it as a static ``jit`` argument (every knob baked in), or as an
   ordinary argument: it is a pytree whose ``SWEEPABLE`` float knobs are leaves (traced, no
   recompilation when they change) and whose other fields are static metadata. Validate with
-  ``validate_strategy_config`` before tracing. Field names match the ``sample`` config section;
-  defaults are bdiff's, each strategy's docstring lists its reference defaults.
+  ``validate_strategy_config`` before tracing. Field names match the ``sample`` config section.
+  Four knobs default to ``AUTO`` / ``None`` = the convention of the strategy's reference code,
+  taken from its registry entry (``Strategy``): ``strict``, ``confidence_from``,
+  ``nucleus_mode`` and ``filter_order``;
+  ``strategies.resolve`` fills them in. The numeric defaults are bdiff's; each strategy's
+  docstring lists its reference values.
   """
   name: str = "threshold"
-  # Proposal and score (decoding.md §0.2).
-  temperature: float = 0.0
+  # Proposal and score.
+  temperature: float = 0.0             # 0 = argmax, except strategies whose reference always
+                                       # samples (first_hitting, ancestral: 0 means T = 1)
   top_k: int = 0
   top_p: float = 1.0
-  nucleus_mode: str = "n1"             # "n1" crossing token kept, "n2" dropped (BD3-LM)
-  filter_order: str = "k_then_p"       # SDAR; "p_then_k" for Dream/NBDiff
+  nucleus_mode: str = AUTO             # "n1" crossing token kept, "n2" dropped (BD3-LM)
+  filter_order: str = AUTO             # "k_then_p" (SDAR) or "p_then_k" (Dream/NBDiff)
   confidence: str = "prob"             # prob | margin | neg_entropy | random
-  confidence_from: str = "raw"         # raw softmax or the "sampling" distribution
+  confidence_from: str = AUTO          # "raw" softmax or the "sampling" distribution
   suppress_ids: tuple[int, ...] = ()   # proposals of these ids get confidence -inf (LLaDA EOS/EoT)
   # Schedules.
   steps: int = 0                       # denoising steps per block; 0 = block capacity L
@@ -99,9 +107,27 @@ class StepInputs(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
-  """Registry entry: ``rule(cfg, inputs, state) -> (commit, tokens, state)``."""
+  """Registry entry: ``rule(cfg, inputs, state) -> (commit, tokens, state)`` and the
+  conventions of the strategy's reference code, used where the config says ``AUTO``."""
   rule: Callable[..., tuple[jax.Array, jax.Array, dict]]
   init: Callable[[StrategyConfig, int, int], dict]
   scheduled: bool      # follows a per-block step budget cfg.steps
-  strict: bool = False  # reference comparison for thresholds (None in cfg -> this)
+  strict: bool = False  # threshold comparison: True ">", False ">=" (cfg.strict None -> this)
+  confidence_from: str = "raw"  # distribution scores are read from (cfg AUTO -> this)
+  nucleus_mode: str = "n1"      # top-p convention (cfg AUTO -> this)
+  filter_order: str = "k_then_p"  # top-k / top-p order (cfg AUTO -> this)
+  always_samples: bool = False  # the reference has no greedy mode: temperature 0 means T = 1
+  greedy: bool = False          # argmax-only variant of a sampling reference (temperature 0)
   needs: tuple[str, ...] = ()  # knobs that must be set (validated > 0 / non-empty)
+
+
+def resolve_knobs(cfg: StrategyConfig, entry: Strategy) -> StrategyConfig:
+  """``cfg`` with its reference-convention knobs filled in from the registry ``entry``."""
+  return dataclasses.replace(
+      cfg,
+      strict=entry.strict if cfg.strict is None else cfg.strict,
+      confidence_from=(entry.confidence_from if cfg.confidence_from == AUTO
+                       else cfg.confidence_from),
+      nucleus_mode=entry.nucleus_mode if cfg.nucleus_mode == AUTO else cfg.nucleus_mode,
+      filter_order=entry.filter_order if cfg.filter_order == AUTO else cfg.filter_order,
+      temperature=1.0 if entry.always_samples and cfg.temperature == 0 else cfg.temperature)

@@ -1,11 +1,13 @@
-"""Decoding strategies: hand-worked commit sets (decoding.md §2) and loop-facing guarantees.
+"""Decoding strategies: hand-worked commit sets and loop-facing guarantees.
 
 Logits are written as per-position ``(token, p)`` pairs: the proposal ``token`` gets
 probability ``p`` and the other ``V - 1`` tokens share ``1 - p``, so raw confidences are the
 ``p`` values written here and the expected commit sets can be read off by hand.
 """
 import functools
+import inspect
 import math
+import pathlib
 
 import chex
 import jax
@@ -15,6 +17,7 @@ import pytest
 
 from bdiff.sampling import selection as sel
 from bdiff.sampling import strategies as st
+from bdiff.sampling import types as types_lib
 from bdiff.sampling.strategies import StrategyConfig
 
 V = 5
@@ -70,7 +73,7 @@ def sets(commit):
 
 
 # ------------------------------------------------------------------------------------------
-# Proposals and primitives (§0.2, §0.3)
+# Proposals and primitives
 
 
 def test_top_p_conventions_and_top_k_ties():
@@ -104,7 +107,7 @@ def test_rank_puts_minus_inf_candidates_before_non_candidates():
 
 
 def _reference_order(score, cand):
-  """Pure-Python §0.3 order: candidates by descending score, ties to the lower position."""
+  """Pure-Python order: candidates by descending score, ties to the lower position."""
   return sorted((i for i in range(len(score)) if cand[i]), key=lambda i: (-score[i], i))
 
 
@@ -129,7 +132,7 @@ def test_primitives_match_python_reference_with_ties():
 
 
 # ------------------------------------------------------------------------------------------
-# Hand-worked commit sets, one strategy at a time (§2)
+# Hand-worked commit sets, one strategy at a time
 
 
 def test_static_llada_schedule_over_a_block():
@@ -210,16 +213,46 @@ def test_factor_rule():
   assert sets(run(quirk, masked)[0])[1] == [2, 4]
 
 
-def test_entropy_bounded():
-  sharp, two, unif = [1., 0, 0, 0, 0], [.5, .5, 0, 0, 0], [.2] * 5
-  p95 = [.95, .0125, .0125, .0125, .0125]  # H = .268
-  logits = _dist_logits([[sharp, two, sharp, unif, p95, two],
-                         [sharp, two, unif, two, unif, unif]])
-  # gamma .35: 0 + 0 + .268 fits; adding ln 2 does not. Row 1: ln 2 > .35 -> at least one.
+SHARP, TWO, UNIF = [1., 0, 0, 0, 0], [.5, .5, 0, 0, 0], [.2] * 5
+P95 = [.95, .0125, .0125, .0125, .0125]  # H = .268
+# Entropies: sharp 0, two ln 2 = .693, unif ln 5 = 1.609, p95 .268.
+# Sampled-token terms -p log p: sharp 0, two .347, unif .322, p95 .049.
+EB_LOGITS = _dist_logits([[SHARP, TWO, SHARP, UNIF, P95, TWO],
+                          [SHARP, TWO, UNIF, TWO, UNIF, UNIF]])
+
+
+def test_entropy_bounded_is_the_eb_sampler_bound():
+  # Sorted entropies row 0: 0 (0), 0 (2), .268 (4), .693 (1), .693 (5), 1.609 (3). The EB
+  # bound is on the sum *before* each position (Σ H - max H): .268 <= .35 lets position 1 in,
+  # .961 keeps 5 out. (A plain cumulative sum <= .35 would stop after position 4.)
   small = StrategyConfig(name="entropy_bounded", gamma=.35)
-  assert sets(run(small, MASK_ALL, logits)[0]) == [[0, 2, 4], [1]]
-  big = StrategyConfig(name="entropy_bounded", gamma=1.4)  # .961 fits, +ln 2 = 1.654 not
-  assert sets(run(big, MASK_ALL, logits)[0]) == [[0, 1, 2, 4], [1, 3]]
+  assert sets(run(small, MASK_ALL, EB_LOGITS)[0]) == [[0, 1, 2, 4], [1]]
+  # Row 1: .693, .693, 1.609 ...: sums before them 0, .693, 1.386 <= 1.4.
+  big = StrategyConfig(name="entropy_bounded", gamma=1.4)
+  assert sets(run(big, MASK_ALL, EB_LOGITS)[0]) == [[0, 1, 2, 4, 5], [1, 2, 3]]
+
+
+def test_entropy_bounded_strictness_at_the_bound():
+  # gamma = 0 and zero-entropy positions: sums before them are exactly 0.
+  logits = _dist_logits([[SHARP, SHARP, TWO, SHARP, UNIF, TWO]] * 2)
+  loose = StrategyConfig(name="entropy_bounded", gamma=0.)  # reference: Σ H - max H <= γ
+  assert sets(run(loose, MASK_ALL, logits)[0]) == [[0, 1, 2, 3], [1, 2, 3]]
+  strict = StrategyConfig(name="entropy_bounded", gamma=0., strict=True)
+  assert sets(run(strict, MASK_ALL, logits)[0]) == [[0], [1]]
+  # SDAR's released rule is strict (< γ) by default: nothing after the forced first.
+  sdar = StrategyConfig(name="entropy_bounded_sdar", gamma=0.)
+  assert sets(run(sdar, MASK_ALL, logits)[0]) == [[0], [1]]
+  sdar_loose = StrategyConfig(name="entropy_bounded_sdar", gamma=0., strict=False)
+  assert sets(run(sdar_loose, MASK_ALL, logits)[0]) == [[0, 1, 3], [1, 3]]
+
+
+def test_entropy_bounded_sdar_uses_the_sampled_token_term():
+  # Row 0 sorted by -p log p: 0 (0), 0 (2), .049 (4), .322 (3), .347 (1), .347 (5); cumulative
+  # .371 < .4 takes the *uniform* position 3, which the true entropy (1.609) ranks last.
+  cfg = StrategyConfig(name="entropy_bounded_sdar", gamma=.4)
+  assert sets(run(cfg, MASK_ALL, EB_LOGITS)[0]) == [[0, 2, 3, 4], [2]]
+  eb = StrategyConfig(name="entropy_bounded", gamma=.4)
+  assert sets(run(eb, MASK_ALL, EB_LOGITS)[0]) == [[0, 1, 2, 4], [1]]
 
 
 def test_fast_dllm_v2_sub_blocks_strict():
@@ -236,6 +269,37 @@ def test_dcd_window():
   assert sets(run(cfg, MASK_B)[0]) == [[0], [2]]
   capped = StrategyConfig(name="dcd", window=3, max_window=1, threshold=.5)
   assert sets(run(capped, MASK_B)[0]) == [[0], [2]]
+
+
+# Scores: c = .75 (above .5), then .5, .25 and .2, exact in float32.
+EXACT = [[.75, .25, 0, 0, 0], [.5, .5, 0, 0, 0], [.25, .25, .25, .25, 0], [.2] * 5]
+
+
+def test_local_leap_honours_strict():
+  c75, c50, c25, c20 = EXACT
+  logits = _dist_logits([[c75, c25, c20, c20, c20, c20], [c50, c25, c20, c20, c20, c20]])
+  masked = [[1] * 6, [1] * 6]
+  cfg = dict(name="local_leap", threshold=.5, relaxed_threshold=.25, radius=1)
+  # Reference (>=): row 0 anchor 0 pulls in neighbour 1 (c = τ_relaxed); row 1 likewise,
+  # its anchor sitting exactly at τ.
+  assert sets(run(StrategyConfig(**cfg), masked, logits)[0]) == [[0, 1], [0, 1]]
+  # strict (>): the neighbour at exactly τ_relaxed stays out; row 1 has no anchor at all and
+  # falls back to its top-1.
+  assert sets(run(StrategyConfig(**cfg, strict=True), masked, logits)[0]) == [[0], [0]]
+
+
+def test_bacd_honours_strict():
+  _, c50, c25, _ = EXACT
+  logits = _dist_logits([[c25, c50, c50, c25, c25, c25]] * 2)
+  masked = [[1] * 6, [1] * 6]
+  hist = {"h_sum": jnp.asarray([1., 1.]), "h_cnt": jnp.asarray([2, 2], jnp.int32)}  # τ = .5
+  cfg = dict(name="bacd", threshold_low=.5)
+  # Reference (>=): both positions at exactly τ.
+  assert sets(run(StrategyConfig(**cfg), masked, logits, step=1, state=hist)[0]) == [
+      [1, 2], [1, 2]]
+  # strict (>): none passes, so the top-1 (lower position on the tie).
+  assert sets(run(StrategyConfig(**cfg, strict=True), masked, logits, step=1,
+                  state=hist)[0]) == [[1], [1]]
 
 
 def test_local_leap():
@@ -303,14 +367,51 @@ def test_ancestral_unmask_probability_and_reveals():
   # Last step reveals every candidate.
   commit, _, _ = run(StrategyConfig(name="ancestral", steps=4, temperature=1.), MASK_B, step=3)
   assert sets(commit) == [[0, 1, 2, 3, 4, 5], [2, 3, 4, 5]]
-  # Exact mode at u = 1/4: about a quarter revealed; greedy tokens at T = 0.
+  # Exact mode at u = 1/4: about a quarter revealed; the greedy variant reveals argmax tokens.
   b = 200
-  idle = StrategyConfig(name="ancestral", steps=4, allow_idle=True)
+  idle = StrategyConfig(name="ancestral_greedy", steps=4, allow_idle=True)
   commit, tokens, _ = run(idle, np.ones((b, 6), bool), jnp.tile(LOGITS[:1], (b, 1, 1)))
   frac = np.mean(commit)
   assert 0.2 < frac < 0.3
   argmax = np.asarray([t for t, _ in ROW0])
   assert np.all(np.where(np.asarray(commit, bool), tokens == argmax, True))
+
+
+def _sampled_tokens(name, b=300, **kw):
+  """Tokens committed by one step over ``b`` copies of row 0, with their positions."""
+  cfg = StrategyConfig(name=name, **kw)
+  logits = jnp.broadcast_to(LOGITS[:1], (b, 6, V))
+  commit, tokens, _ = run(cfg, np.ones((b, 6), bool), logits)
+  commit = np.asarray(commit, bool)
+  return tokens[commit], np.nonzero(commit)[1]
+
+
+ARGMAX0 = np.asarray([t for t, _ in ROW0])
+
+
+@pytest.mark.parametrize("name, kw", [("first_hitting", {}),
+                                      ("ancestral", dict(steps=1))])
+def test_sampling_references_sample_at_temperature_zero(name, kw):
+  # BD3-LM and MD4/MDLM have no greedy mode: the default temperature 0 means their T = 1.
+  # Row 0's proposals have p = .95 .6 .85 .92 .4 .7, so about a quarter of draws are not
+  # the argmax (an argmax rule gives none).
+  tokens, pos = _sampled_tokens(name, **kw)
+  assert np.mean(tokens != ARGMAX0[pos]) > .1
+  # The named deviation takes the argmax.
+  tokens, pos = _sampled_tokens(name + "_greedy", **kw)
+  np.testing.assert_array_equal(tokens, ARGMAX0[pos])
+
+
+def test_first_hitting_uses_bd3lm_nucleus_by_default():
+  # p = [.5, .3, .15, .05, 0] at every position, top_p = .7: BD3-LM's nucleus drops the
+  # token that crosses .7 (keeps only token 0); the other convention keeps tokens 0 and 1.
+  logits = jnp.broadcast_to(_dist_logits([[.5, .3, .15, .05, 0.]]), (300, 6, V))
+  masked = np.ones((300, 6), bool)
+  commit, tokens, _ = run(StrategyConfig(name="first_hitting", top_p=.7), masked, logits)
+  assert set(tokens[np.asarray(commit, bool)].tolist()) == {0}
+  n1 = StrategyConfig(name="first_hitting", top_p=.7, nucleus_mode="n1")
+  commit, tokens, _ = run(n1, masked, logits)
+  assert set(tokens[np.asarray(commit, bool)].tolist()) == {0, 1}
 
 
 def test_adablock_block_length():
@@ -330,6 +431,41 @@ def test_adablock_block_length():
 
 
 # ------------------------------------------------------------------------------------------
+# Reference conventions (confidence_from, strict, nucleus, filter order) per strategy
+
+
+# Strategies whose reference code scores the tempered, filtered sampling distribution
+# (SDAR, Dream, DCD, Fast-dLLM v2, TDAR/lmdeploy); all others score the raw softmax.
+SAMPLING_SCORED = {"sequential", "sdar_dynamic", "dream", "fixed_k", "fast_dllm_v2", "dcd",
+                   "entropy_bounded_sdar", "bacd"}
+STRICT = {"sdar_dynamic", "fast_dllm_v2", "entropy_bounded_sdar"}
+
+
+def test_reference_conventions_are_the_defaults():
+  for name in st.STRATEGIES:
+    cfg = st.resolve(StrategyConfig(name=name))
+    assert cfg.confidence_from == ("sampling" if name in SAMPLING_SCORED else "raw"), name
+    assert cfg.strict == (name in STRICT), name
+    assert cfg.nucleus_mode == ("n2" if name.startswith("first_hitting") else "n1"), name
+    assert cfg.filter_order == ("p_then_k" if name == "dream" else "k_then_p"), name
+  # An explicit setting wins over the reference.
+  cfg = st.resolve(StrategyConfig(name="bacd", confidence_from="raw", strict=True))
+  assert (cfg.confidence_from, cfg.strict) == ("raw", True)
+
+
+def test_confidence_from_sampling_distribution_by_default():
+  # p = [.5, .3, .15, .05, 0] at positions 0 and 1, top_p = .7: the nucleus keeps tokens 0 and
+  # 1, so the sampling distribution gives the proposal .5 / .8 = .625 > .6 while the raw
+  # softmax gives .5. DCD scores the sampling distribution (filtered even at T = 0): both
+  # positions of its window go.
+  logits = _dist_logits([[[.5, .3, .15, .05, 0.]] * 2 + [[.2] * 5] * 4] * 2)
+  cfg = dict(name="dcd", window=2, threshold=.6, top_p=.7)
+  assert sets(run(StrategyConfig(**cfg), MASK_ALL, logits)[0]) == [[0, 1], [1]]
+  raw = StrategyConfig(**cfg, confidence_from="raw")
+  assert sets(run(raw, MASK_ALL, logits)[0]) == [[0], [1]]  # .5: top-1 only
+
+
+# ------------------------------------------------------------------------------------------
 # Loop-facing guarantees for every registered strategy
 
 
@@ -341,7 +477,9 @@ ALL_CONFIGS = [
     StrategyConfig(name="dream", steps=3, confidence="margin", confidence_from="sampling"),
     StrategyConfig(name="prophet", steps=0),
     StrategyConfig(name="ancestral", steps=5, temperature=1., top_p=.9, nucleus_mode="n2"),
-    StrategyConfig(name="first_hitting", temperature=1.),
+    StrategyConfig(name="ancestral_greedy", steps=4),
+    StrategyConfig(name="first_hitting", top_p=.9),
+    StrategyConfig(name="first_hitting_greedy"),
     StrategyConfig(name="ar"),
     StrategyConfig(name="fixed_k", k=2, confidence="margin"),
     StrategyConfig(name="threshold", threshold=.3),
@@ -350,6 +488,7 @@ ALL_CONFIGS = [
     StrategyConfig(name="adablock", delimiter_ids=(2,)),
     StrategyConfig(name="factor", factor=1.5, confidence="neg_entropy"),
     StrategyConfig(name="entropy_bounded", gamma=.5, temperature=.7, top_k=3),
+    StrategyConfig(name="entropy_bounded_sdar", gamma=.5, temperature=1., top_p=.9),
     StrategyConfig(name="local_leap", threshold=.4, relaxed_threshold=.3, radius=2),
     StrategyConfig(name="bacd", confidence_from="sampling"),
 ]
@@ -460,6 +599,10 @@ def test_sweepable_knobs_are_traced_leaves():
     (dict(prophet_gaps=(1., 2.)), "sample.prophet_gaps"),
     (dict(factor=0.), "sample.factor"),
     (dict(k=0), "sample.k"),
+    (dict(filter_order="k_p"), "sample.filter_order"),
+    (dict(name="first_hitting_greedy", temperature=1.), "sample.temperature"),
+    (dict(name="ancestral_greedy", temperature=.5), "sample.temperature"),
+    (dict(name="first_hitting", allow_idle=True), "sample.allow_idle"),
 ])
 def test_validation_names_the_key(kwargs, key):
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -473,3 +616,21 @@ def test_unknown_strategy_lists_valid_names_and_from_mapping():
                                      "batch_size": 8})
   assert cfg.name == "prophet" and cfg.prophet_gaps == (3., 2., 1.)
   st.validate_strategy_config(cfg)
+
+
+# ------------------------------------------------------------------------------------------
+# Documentation
+
+
+def test_strategy_docs_cite_public_sources_only():
+  """Docstrings cite papers and public repositories, not notes outside the repository."""
+  for module in (st, st.adaptive, st.scheduled, sel, types_lib):
+    src = inspect.getsource(module)
+    for ref in ("§", "specs/", "DESIGN.md"):
+      assert ref not in src, (module.__name__, ref)
+
+
+def test_every_strategy_is_documented():
+  doc = (pathlib.Path(__file__).parents[2] / "docs" / "decoding.md").read_text()
+  for name in st.STRATEGIES:
+    assert f"`{name}`" in doc, name
