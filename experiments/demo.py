@@ -35,7 +35,7 @@ STRATEGIES = (
     ("static top-1 (LLaDA)", dict(strategy="static", steps=0)),
     ("threshold 0.9 (Fast-dLLM)", dict(strategy="threshold", threshold=0.9)),
     ("threshold 0.7 (Fast-dLLM)", dict(strategy="threshold", threshold=0.7)),
-    ("entropy-bounded (SDAR)", dict(strategy="entropy_bounded", gamma=0.35)),
+    ("entropy-bounded (EB-sampler)", dict(strategy="entropy_bounded", gamma=0.35)),
 )
 
 
