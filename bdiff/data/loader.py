@@ -38,13 +38,25 @@ def segment_ids_and_positions(tokens: np.ndarray, eos_id: int,
 def answer_mask(tokens: np.ndarray, sep_id: int) -> np.ndarray:
   """[rows, len] bool: every token after the row's first separator (padding EOS included).
 
-  For one-example-per-row SFT layouts (``row_aligned``): the LLaDA SFT rule
-  (block_diffusion.md §4.1, §6.3) never masks the prompt and supervises the answer together
-  with its right-padding EOS tokens, so the model learns to fill the rest of its budget with
-  EOS exactly as the sampler asks it to.
+  For one-example-per-row SFT layouts (``row_aligned``). As in LLaDA's SFT recipe (Nie et al.
+  2025, arXiv 2502.09992, section 2.3) the prompt is never masked and the answer is supervised
+  together with its right-padding EOS tokens, so the model learns to fill the rest of its
+  budget with EOS exactly as the sampler asks it to.
   """
   is_sep = tokens == sep_id
   return (np.cumsum(is_sep, axis=1) > 0) & ~is_sep
+
+
+def answer_span_mask(tokens: np.ndarray, sep_id: int, eos_id: int) -> np.ndarray:
+  """[rows, len] bool: the answer's real tokens and the one EOS that ends it, no padding.
+
+  What an answer NELBO is reported over: the padding after the first EOS is trained on (see
+  :func:`answer_mask`) but is not part of the answer.
+  """
+  after = answer_mask(tokens, sep_id)
+  eos = after & (tokens == eos_id)
+  eos_before = np.cumsum(eos, axis=1) - eos  # EOS tokens of the answer strictly before
+  return after & (eos_before == 0)
 
 
 class TokenLoader:
@@ -62,7 +74,9 @@ class TokenLoader:
     row_aligned: rows start at multiples of ``seq_len`` (the source holds one padded example
       per row) instead of at any token.
     answer_sep_id: when set, batches also hold ``eligible`` (see :func:`answer_mask`): only
-      answer tokens after this separator are noised and supervised; needs ``row_aligned``.
+      answer tokens after this separator are noised and supervised; and ``answer`` (see
+      :func:`answer_span_mask`): the answer without its padding, for reporting; needs
+      ``row_aligned``.
   """
 
   def __init__(self, source: np.ndarray | ts.TensorStore, seq_len: int, global_batch: int,
@@ -133,6 +147,7 @@ class TokenLoader:
     batch = {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
     if self.answer_sep_id is not None:
       batch["eligible"] = answer_mask(tokens, self.answer_sep_id)
+      batch["answer"] = answer_span_mask(tokens, self.answer_sep_id, self.eos_id)
     return batch
 
   def batch(self, step: int) -> Batch:

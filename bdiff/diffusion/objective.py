@@ -230,7 +230,8 @@ def training_loss(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, eligible=Non
   return loss, metrics
 
 
-def nelbo(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, mask_id: int | None = None) -> dict:
+def nelbo(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, scored=None,
+          mask_id: int | None = None) -> dict:
   """One-draw NELBO sums for held-out evaluation (§10.1; bd3lms ``_check_val_sampling_intvl``).
 
   Always the unclipped window t ∈ [1e-3, 1] with ELBO weights and antithetic strata, no
@@ -244,10 +245,14 @@ def nelbo(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, mask_id: int | None 
     rng: PRNG key.
     cfg: the ``diffusion`` ConfigDict.
     valid: [b, n] bool non-padding tokens (default all).
+    scored: optional [b, n] bool subset of the evaluated tokens whose terms are also summed
+      separately (e.g. an SFT answer without its EOS padding): the noise is drawn over all
+      evaluated tokens as in training, only the reporting is restricted.
     mask_id: MASK token id (default: the logits' V).
 
   Returns:
-    {"nll_sum": scalar float32 nats, "token_count": scalar int32}.
+    {"nll_sum": scalar float32 nats, "token_count": scalar int32}, plus "scored_nll_sum" and
+    "scored_token_count" when ``scored`` is given.
   """
   validate_diffusion_config(cfg, x0.shape[1])
   ar = cfg.block_size == 1
@@ -257,5 +262,11 @@ def nelbo(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, mask_id: int | None 
   valid, eligible = _masks(x0, valid, None, plan.protect_first)
   clip = (1.0, 1.0) if ar else (corruption.DEFAULT_CLIP_MIN, 1.0)
   s = _score(logits_fn, x0, rng, plan, clip, valid, eligible, mask_id)
-  return {"nll_sum": (s.weight * s.ce).sum(), "token_count": eligible.sum().astype(jnp.int32)}
+  terms = s.weight * s.ce
+  out = {"nll_sum": terms.sum(), "token_count": eligible.sum().astype(jnp.int32)}
+  if scored is not None:
+    scored = scored.astype(bool) & eligible
+    out["scored_nll_sum"] = jnp.where(scored, terms, 0.0).sum()
+    out["scored_token_count"] = scored.sum().astype(jnp.int32)
+  return out
 

@@ -71,16 +71,28 @@ class Trainer:
                                 self.state_shardings)
 
   def evaluate(self, params) -> dict:
-    """Held-out NELBO over ``train.eval_batches`` batches (sums reduced on host)."""
-    nll, count = 0.0, 0.0
+    """Held-out NELBO over ``train.eval_batches`` batches (sums reduced on host).
+
+    ``nll`` is per evaluated token (for SFT rows: the answer and its EOS padding, what
+    training optimises). With SFT rows it adds ``answer_nll``: the same draw's terms over the
+    answer's real tokens and the one EOS that ends it, padding excluded, and
+    ``answer_tokens``, how many such tokens were scored.
+    """
+    sums = {}
     rng = jax.random.key(self.cfg.eval.seed)
     for i, batch in enumerate(self.data.valid.eval_batches(self.cfg.train.eval_batches)):
       with jax.set_mesh(self.mesh):
         out = self.eval_step(params, sharding.global_batch(batch, self.mesh),
                              jax.random.fold_in(rng, i))
-      nll += float(out["nll_sum"])
-      count += float(out["token_count"])
-    return diffusion.summarize_nelbo(nll, count)
+      for key, value in out.items():
+        sums[key] = sums.get(key, 0.0) + float(value)
+    summary = diffusion.summarize_nelbo(sums["nll_sum"], sums["token_count"])
+    summary["tokens"] = sums["token_count"]
+    if "scored_nll_sum" in sums:
+      summary["answer_nll"] = diffusion.summarize_nelbo(
+          sums["scored_nll_sum"], sums["scored_token_count"])["nll"]
+      summary["answer_tokens"] = sums["scored_token_count"]
+    return summary
 
 
 def check_vocab(cfg, tokenizer) -> None:

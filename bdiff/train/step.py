@@ -68,11 +68,12 @@ def eval_step(params, batch: dict, rng, *, model, cfg):
   """Held-out NELBO sums for one batch (unclipped window, ELBO weight).
 
   With answer-only data (``eligible`` in the batch) this is the NELBO of the answers given
-  their prompts, the quantity the tasks are decoded for.
+  their prompts, the quantity the tasks are decoded for; the batch's ``answer`` mask (real
+  answer tokens and their EOS) is also summed on its own (``scored_*``), padding excluded.
   """
   logits_fn = make_logits_fn(model, params, cfg, _segments(batch, cfg))
   return diffusion.nelbo(logits_fn, batch["tokens"], rng, cfg.diffusion,
-                         valid=batch.get("eligible"))
+                         valid=batch.get("eligible"), scored=batch.get("answer"))
 
 
 def jit_train_step(model, tx, cfg, mesh, state_shardings):

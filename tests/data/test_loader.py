@@ -112,6 +112,20 @@ def test_answer_mask_marks_answer_and_padding_only():
   np.testing.assert_array_equal(answer_mask(rows, sep), np.array(expect, bool))
 
 
+def test_answer_span_keeps_the_answer_and_its_one_eos_without_padding():
+  from bdiff.data.loader import answer_span_mask
+  eos, sep = 9, 5
+  rows = np.array([[1, 2, sep, 3, 4, eos, eos, eos],
+                   [7, sep, 3, eos, eos, eos, eos, eos],
+                   [sep, 1, 2, 3, 4, 6, 8, eos]])
+  expect = [[0, 0, 0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1, 1, 1]]
+  np.testing.assert_array_equal(answer_span_mask(rows, sep, eos), np.array(expect, bool))
+  loader = TokenLoader(rows.reshape(-1), 8, 2, 0, eos_id=eos, row_aligned=True,
+                       answer_sep_id=sep)
+  batch = loader.batch(0)
+  np.testing.assert_array_equal(batch["answer"], answer_span_mask(batch["tokens"], sep, eos))
+
+
 def test_row_aligned_loader_starts_rows_on_examples():
   seq = 4
   stream = np.arange(40, dtype=np.int32)

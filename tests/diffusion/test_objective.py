@@ -160,6 +160,22 @@ def test_nelbo_of_a_uniform_model_is_log_v_within_its_own_noise():
   assert abs(mean - (1 - cfg.eps)) < 4 * se, (mean, se)
 
 
+def test_nelbo_scored_subset_sums_its_own_terms_of_the_same_draw():
+  """The scored subset (an answer without padding) and its complement add up to the total."""
+  x0 = _tokens(b=8, n=32)
+  valid = jnp.ones(x0.shape, bool).at[:, :5].set(False)  # a prompt, never evaluated
+  scored = jnp.ones(x0.shape, bool).at[:, 20:].set(False)  # padding after position 20
+  fn = _prev_token_fn(_table())
+  run = jax.jit(lambda s: diffusion.nelbo(fn, x0, jax.random.key(3), _cfg(), valid=valid,
+                                          scored=s))
+  part, rest = run(scored), run(~scored)
+  assert int(part["scored_token_count"]) == 8 * 15 and int(rest["scored_token_count"]) == 8 * 12
+  np.testing.assert_allclose(part["nll_sum"], rest["nll_sum"], rtol=1e-6)
+  np.testing.assert_allclose(part["scored_nll_sum"] + rest["scored_nll_sum"], part["nll_sum"],
+                             rtol=1e-5)
+  assert 0 < float(part["scored_nll_sum"]) < float(part["nll_sum"])
+
+
 def test_token_shift_predicts_from_previous_position():
   x0 = _tokens()
   shifted_cfg = _cfg(token_shift=True, weighting="none", reduction="labelled_mean")

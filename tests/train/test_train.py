@@ -9,6 +9,7 @@ import pytest
 from bdiff import config as config_lib
 from bdiff import sharding
 from bdiff.train import loop, state as state_lib, step as step_lib
+from configs import tasks as tasks_config
 from configs import tiny
 
 
@@ -161,3 +162,24 @@ def test_vocab_mismatch_names_model_vocab_size(tmp_path):
   cfg.model.vocab_size = 300  # the tiny config's byte tokenizer has 259 ids
   with pytest.raises(ValueError, match=r"model\.vocab_size=300.*'bytes'.*259"):
     loop.Trainer.build(cfg, str(tmp_path), one_device_mesh())
+
+
+def test_task_eval_reports_answer_nelbo_without_padding(tmp_path):
+  """eval_answer_nll is scored over each answer and its one EOS; the padding is excluded."""
+  cfg = tasks_config.get_config()
+  cfg.data.num_task_examples = 200
+  cfg.train.update(progress=False, global_batch=8, eval_batches=1)
+  mesh = one_device_mesh()
+  trainer = loop.Trainer.build(cfg, str(tmp_path), mesh)
+  state = state_lib.init_state(trainer.model, trainer.tx, trainer.cfg, mesh,
+                               trainer.state_shardings)
+  summary = trainer.evaluate(state.params)
+  tok = trainer.data.tokenizer
+  sep = tok.encode("=")[0]
+  expect = 0
+  for row in next(trainer.data.valid.eval_batches(1))["tokens"].tolist():
+    start = row.index(sep)
+    expect += row.index(tok.eos_id, start) - start  # answer tokens + the EOS that ends it
+  assert summary["answer_tokens"] == expect
+  assert summary["answer_tokens"] < summary["tokens"]  # padding is evaluated but not reported
+  assert np.isfinite(summary["answer_nll"]) and summary["answer_nll"] > 0
