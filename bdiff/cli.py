@@ -1,121 +1,371 @@
-"""The ``bdiff`` command: train | sample | eval | prepare | bench.
+"""The ``bdiff`` command: train | sample | eval | bench | prepare.
 
-Thin by design: parse flags, call the library. Configs are ml_collections files
-(``--config configs/NAME.py[:variant]`` with ``--config.section.key=value`` overrides). Commands
-that read a trained run (sample, eval) load the config saved in ``--workdir`` and accept the same
-``--config.*`` overrides on top of it.
+Thin by design: parse flags, call the library. ``train`` reads an ml_collections config file
+(``--config configs/NAME.py[:variant]``); the commands that read a trained run (sample, eval,
+bench) load the config saved in ``--workdir`` (``config.json``). Every command that uses a
+config takes ``--config.KEY=VALUE`` overrides, parsed to the type of the field they replace.
+
+Errors: a bad flag, key, value or path prints one line ``bdiff: error: ...`` on stderr and
+exits 2 (usage) or 1 (a failure while running); ``--verbose`` adds the traceback. Any other
+exception is a bug and shows its traceback.
 """
 from __future__ import annotations
 
+import argparse
+import ast
+import importlib.util
 import json
 import logging
 import os
 import sys
+import traceback
+from typing import Any, Callable, Sequence
 
-from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
+import ml_collections
 
-COMMANDS = ("train", "sample", "eval", "prepare", "bench")
-USAGE = f"usage: bdiff {{{'|'.join(COMMANDS)}}} [flags]   (bdiff COMMAND --help for flags)"
+from bdiff import config as config_lib
+from bdiff import runs
+from bdiff.data import get_tokenizer, prepare, store
+from bdiff.eval import speed_bench
+from bdiff.eval import tasks as eval_tasks
+from bdiff.train import loop
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:variant]).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples).")
-flags.DEFINE_string("prompts", None, "sample: JSONL file with a 'prompt' string per line.")
-flags.DEFINE_string("out", None, "sample: output JSONL; prepare: output tensorstore dir.")
-flags.DEFINE_string("tasks", None, "eval: comma-separated task names (default eval.tasks).")
-flags.DEFINE_list("inputs", [], "prepare: text/jsonl files or globs.")
-flags.DEFINE_string("tokenizer", "bytes", "prepare: 'bytes' or a tokenizer.json path.")
-flags.DEFINE_string("text_field", "text", "prepare: JSONL field holding the text.")
+log = logging.getLogger("bdiff")
 
-
-def _saved_config_file(workdir: str) -> str:
-  """A config file that rebuilds the config saved in a run dir (so overrides apply to it)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise app.UsageError(f"--workdir {workdir} has no config.json: train there first")
-  loader = os.path.join(workdir, "saved_config.py")
-  with open(loader, "w", encoding="utf-8") as f:
-    f.write("import json\nfrom bdiff import config\n\n\ndef get_config(arg=None):\n"
-            f"  with open({os.path.abspath(path)!r}, encoding='utf-8') as f:\n"
-            "    return config.from_dict(json.load(f))\n")
-  return loader
+# Raised by the library on bad input (a key, value, file): one line, exit 1.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               FileExistsError, PermissionError, FloatingPointError)
 
 
-def _inject_saved_config(argv: list[str]) -> list[str]:
-  """For sample/eval: use ``--workdir``'s saved config unless ``--config`` is given."""
-  if any(a == "--config" or a.startswith("--config=") for a in argv):
-    return argv
-  workdir = next((a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")), None)
-  if workdir is None and "--workdir" in argv:
-    idx = argv.index("--workdir")
-    workdir = argv[idx + 1] if idx + 1 < len(argv) else None
-  if workdir is None:
-    raise app.UsageError("--workdir is required")
-  return argv[:1] + [f"--config={_saved_config_file(workdir)}"] + argv[1:]
+class UsageError(Exception):
+  """A bad command line (flag, config key or value): one line on stderr, exit 2."""
 
 
-def _require(name: str):
-  value = getattr(FLAGS, name)
-  if not value:
-    raise app.UsageError(f"--{name} is required")
+class _Parser(argparse.ArgumentParser):
+  """argparse that raises UsageError (one line, our format) instead of printing usage."""
+
+  def error(self, message):
+    raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs: files, saved runs, and --config.KEY=VALUE overrides.
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """Separate ``--config.KEY=VALUE`` / ``--config.KEY VALUE`` from the other arguments."""
+  rest, overrides, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      key, eq, raw = arg[len("--config."):].partition("=")
+      if not eq:
+        if i + 1 >= len(argv):
+          raise UsageError(f"--config.{key} needs a value (--config.{key}=VALUE)")
+        raw, i = argv[i + 1], i + 1
+      overrides.append((key, raw))
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+          list: "a list like [1, 2]", tuple: "a tuple like (1, 2)", dict: "a dict"}
+
+
+def _kind(value) -> str:
+  return _KINDS.get(type(value), f"a {type(value).__name__}")
+
+
+def parse_value(key: str, raw: str, current: Any) -> Any:
+  """``raw`` (command-line text) as a value of ``current``'s type, or UsageError naming key."""
+  if isinstance(current, ml_collections.ConfigDict):
+    raise UsageError(f"--config.{key} is a section, not a value; set one of its keys: "
+                     f"{', '.join(sorted(current.keys()))}")
+  try:
+    if isinstance(current, bool):
+      if raw.lower() not in _TRUE + _FALSE:
+        raise ValueError
+      return raw.lower() in _TRUE
+    if isinstance(current, (int, float)):
+      return type(current)(raw)
+    if isinstance(current, str):
+      return raw
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return raw  # an unset field: keep the text
+    raise UsageError(f"--config.{key}={raw!r}: expected {_kind(current)} "
+                     f"(current value {current!r})") from None
+  if current is not None and not isinstance(value, type(current)):
+    if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
+      return type(current)(value)
+    raise UsageError(f"--config.{key}={raw!r}: expected {_kind(current)} "
+                     f"(current value {current!r})")
   return value
 
 
-def cmd_train() -> None:
-  from bdiff.train import loop  # pylint: disable=import-outside-toplevel
-  cfg = FLAGS.config
-  if cfg is None:
-    raise app.UsageError("--config is required (e.g. --config configs/tiny.py)")
-  result = loop.train(cfg, _require("workdir"))
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str]]):
+  """Set each ``(dotted key, text)`` on ``cfg`` (in place); unknown keys are a UsageError."""
+  for key, raw in overrides:
+    node, parts = cfg, key.split(".")
+    for depth, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        where = ".".join(parts[:depth]) or "config"
+        known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) \
+            else "none: it is a value"
+        raise UsageError(f"--config.{key}: unknown key {part!r} in {where} (known: {known})")
+      if depth < len(parts) - 1:
+        node = node[part]
+    try:
+      node[parts[-1]] = parse_value(key, raw, node[parts[-1]])
+    except TypeError as e:
+      raise UsageError(f"--config.{key}={raw!r}: {e}") from None
+  return cfg
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """``configs/NAME.py[:variant]``: the file's ``get_config(variant)``."""
+  path, _, variant = spec.partition(":")
+  if not os.path.isfile(path):
+    raise UsageError(f"--config {spec}: no such file {path!r}")
+  module_spec = importlib.util.spec_from_file_location("bdiff_user_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise UsageError(f"--config {spec}: {path} defines no get_config()")
+  try:
+    return module.get_config(variant) if variant else module.get_config()
+  except (ValueError, TypeError, KeyError) as e:
+    raise UsageError(f"--config {spec}: {e}") from e
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in ``workdir`` was trained with (its ``config.json``)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isdir(workdir):
+    raise UsageError(f"--workdir {workdir}: no such directory")
+  if not os.path.isfile(path):
+    raise UsageError(f"--workdir {workdir} has no config.json: train there first "
+                     f"(bdiff train --config ... --workdir {workdir})")
+  with open(path, encoding="utf-8") as f:
+    return config_lib.from_dict(json.load(f))
+
+
+def output_file(path: str, flag: str) -> str:
+  """Check an output file's place before any work: its directory is created if missing."""
+  if os.path.isdir(path):
+    raise UsageError(f"{flag} {path} is a directory; give a file name")
+  parent = os.path.dirname(os.path.abspath(path))
+  if os.path.exists(parent) and not os.path.isdir(parent):
+    raise UsageError(f"{flag} {path}: {parent} is not a directory")
+  os.makedirs(parent, exist_ok=True)
+  if not os.access(parent, os.W_OK):
+    raise UsageError(f"{flag} {path}: directory {parent} is not writable")
+  return path
+
+
+def _existing_file(path: str, flag: str) -> str:
+  if not os.path.isfile(path):
+    raise UsageError(f"{flag} {path}: no such file")
+  return path
+
+
+def validate(cfg) -> ml_collections.ConfigDict:
+  """The library's validation, before any work: a bad value is a usage error (exit 2)."""
+  try:
+    config_lib.validate(cfg)
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  return cfg
+
+
+def _run_config(args, overrides) -> ml_collections.ConfigDict:
+  return validate(apply_overrides(load_run_config(args.workdir), overrides))
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands: each takes the parsed flags and the --config.* overrides.
+
+
+def cmd_train(args, overrides) -> None:
+  cfg = apply_overrides(load_config_file(args.config), overrides)
+  if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+    raise UsageError(f"--workdir {args.workdir} exists and is not a directory")
+  validate(cfg)  # before the run directory is created
+  result = loop.train(cfg, args.workdir)
   print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=1))
 
 
-def cmd_prepare() -> None:
-  from bdiff.data import get_tokenizer, prepare  # pylint: disable=import-outside-toplevel
-  if not FLAGS.inputs:
-    raise app.UsageError("--inputs is required")
-  meta = prepare(FLAGS.inputs, _require("out"), get_tokenizer(FLAGS.tokenizer),
-                 text_field=FLAGS.text_field)
-  print(json.dumps(meta, indent=1))
+def cmd_sample(args, overrides) -> None:
+  cfg = _run_config(args, overrides)
+  _existing_file(args.prompts, "--prompts")
+  runs.sample_file(cfg, args.workdir, args.prompts, output_file(args.out, "--out"))
 
 
-def cmd_sample() -> None:
-  from bdiff.sampling import run as sampling_run  # pylint: disable=import-outside-toplevel
-  sampling_run.sample_file(FLAGS.config, _require("workdir"), _require("prompts"),
-                           _require("out"))
+def cmd_eval(args, overrides) -> None:
+  eval_tasks.main(_run_config(args, overrides), args.workdir, args.tasks)
 
 
-def cmd_eval() -> None:
-  from bdiff.eval import tasks as eval_tasks  # pylint: disable=import-outside-toplevel
-  eval_tasks.main(FLAGS.config, _require("workdir"), FLAGS.tasks)
+def cmd_bench(args, overrides) -> None:
+  speed_bench.main(_run_config(args, overrides), args.workdir)
 
 
-def cmd_bench() -> None:
-  from bdiff.eval import speed_bench  # pylint: disable=import-outside-toplevel
-  speed_bench.main(FLAGS.config, _require("workdir"))
+def cmd_prepare(args, overrides) -> None:
+  if overrides:
+    raise UsageError(f"prepare takes no --config.* overrides (got --config.{overrides[0][0]})")
+  inputs = [p for arg in args.inputs for p in arg.split(",") if p]
+  store.check_output_dir(os.path.abspath(args.out), args.overwrite)
+  tokenizer = get_tokenizer(args.tokenizer)
+  meta = prepare(inputs, args.out, tokenizer, text_field=args.text_field,
+                 overwrite=args.overwrite, on_error=args.on_error)
+  print(json.dumps({k: v for k, v in meta.items() if k != "skipped_examples"}, indent=1))
+  for example in meta["skipped_examples"]:
+    print(f"skipped {example}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> None:
-  argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] not in COMMANDS:
-    print(USAGE, file=sys.stderr)
-    sys.exit(2)
-  command, rest = argv[1], [argv[0]] + argv[2:]
-  if command in ("sample", "eval", "bench"):
-    rest = _inject_saved_config(rest)
-  handler = globals()[f"cmd_{command}"]
-  app.run(lambda _: _run(handler), argv=[f"bdiff {command}"] + rest[1:])
+# ---------------------------------------------------------------------------------------------
+# Flags and help.
+
+_OVERRIDE_HELP = "set one config key (to its type), repeatable: --config.sample.threshold=0.9"
+_PROMPTS_HELP = 'JSONL file, one {"prompt": "text"} per line (checked before the model loads)'
 
 
-def _run(handler) -> None:
+def _add_train(sub) -> None:
+  p = _command(sub, "train", "train a model, or resume the run in --workdir",
+               "bdiff train --config configs/tiny.py --workdir runs/tiny "
+               "--config.train.steps=100")
+  p.add_argument("--config", required=True, metavar="FILE[:VARIANT]",
+                 help="config file, e.g. configs/tasks.py:block_size=8")
+  p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics)")
+  _add_override_help(p)
+
+
+def _add_run_commands(sub) -> None:
+  p = _command(sub, "sample", "sample text for each prompt of a JSONL file",
+               "bdiff sample --workdir runs/tasks --prompts prompts.jsonl --out samples.jsonl "
+               "--config.sample.strategy=threshold")
+  _add_workdir(p)
+  p.add_argument("--prompts", required=True, help=_PROMPTS_HELP)
+  p.add_argument("--out", required=True,
+                 help="output JSONL, one record per prompt (directory created)")
+  _add_override_help(p)
+  p = _command(sub, "eval", "score the synthetic task suite (accuracy, tokens per forward)",
+               "bdiff eval --workdir runs/tasks --tasks copy,reverse")
+  _add_workdir(p)
+  p.add_argument("--tasks", default=None,
+                 help="comma-separated task names (default: the run's eval.tasks)")
+  _add_override_help(p)
+  p = _command(sub, "bench", "time the run's sampler at batch 1 and sample.batch_size",
+               "bdiff bench --workdir runs/tasks")
+  _add_workdir(p)
+  _add_override_help(p)
+
+
+def _add_prepare(sub) -> None:
+  p = _command(sub, "prepare", "tokenize text/JSONL files into a token store for training",
+               "bdiff prepare --inputs 'corpus/*.jsonl' --out data/corpus --on_error=skip")
+  p.add_argument("--inputs", required=True, nargs="+", metavar="FILE",
+                 help="files or quoted globs: a text file is one document, a .jsonl line one")
+  p.add_argument("--out", required=True, help="output directory (renamed into place when done)")
+  p.add_argument("--tokenizer", default="bytes",
+                 help="'bytes' (default) or a Hugging Face tokenizer.json path")
+  p.add_argument("--text_field", default="text", help="JSONL field holding the text")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a dataset already in --out")
+  p.add_argument("--on_error", choices=store.ON_ERROR, default="fail",
+                 help="bad line (not UTF-8/JSON/a text string): fail at file:line, or skip+count")
+
+
+def _HelpFormatter(prog):  # pylint: disable=invalid-name
+  # Wide enough that every flag's help fits on its line.
+  return argparse.RawDescriptionHelpFormatter(prog, max_help_position=28, width=120)
+
+
+def _command(sub, name: str, summary: str, example: str) -> argparse.ArgumentParser:
+  p = sub.add_parser(name, help=summary, description=summary,
+                     epilog=f"example:\n  {example}",
+                     formatter_class=_HelpFormatter,
+                     allow_abbrev=False)
+  p.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
+  return p
+
+
+def _add_workdir(p) -> None:
+  p.add_argument("--workdir", required=True, help="a trained run directory (bdiff train)")
+
+
+def _add_override_help(p) -> None:
+  # split_overrides() takes these out before argparse sees them; this only documents them.
+  p.add_argument("--config.KEY", metavar="VALUE", dest="_override_help", help=_OVERRIDE_HELP)
+
+
+COMMANDS: dict[str, Callable] = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
+                                 "bench": cmd_bench, "prepare": cmd_prepare}
+USAGE = f"usage: bdiff {{{'|'.join(COMMANDS)}}} [flags]   (bdiff COMMAND --help for flags)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="bdiff", description="Block diffusion language models.",
+                   allow_abbrev=False)
+  sub = parser.add_subparsers(dest="command", metavar="{" + "|".join(COMMANDS) + "}",
+                              parser_class=_Parser)
+  _add_train(sub)
+  _add_run_commands(sub)
+  _add_prepare(sub)
+  return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point.
+
+
+def _setup_logging() -> None:
   # Orbax and friends log every save at INFO through absl; keep the console for bdiff's own.
   absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("bdiff").setLevel(logging.INFO)
-  handler()
+  log.setLevel(logging.INFO)
+  handler = next((h for h in log.handlers if getattr(h, "bdiff_cli", False)), None)
+  if handler is None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.bdiff_cli = True
+    log.addHandler(handler)
+    log.propagate = False
+  handler.stream = sys.stderr  # the current one: main() may run more than once in a process
+
+
+def _fail(message: str, code: int, verbose: bool) -> int:
+  if verbose:
+    traceback.print_exc()
+  print(f"bdiff: error: {message}", file=sys.stderr)
+  return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Run ``bdiff COMMAND [flags]``; returns the exit status (the console script exits with it)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  verbose = "--verbose" in argv
+  if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+    print(USAGE, file=sys.stderr)
+    return 2
+  try:
+    rest, overrides = split_overrides(argv)
+    args = build_parser().parse_args(rest)
+    _setup_logging()
+    COMMANDS[args.command](args, overrides)
+  except UsageError as e:
+    return _fail(str(e), 2, verbose)
+  except USER_ERRORS as e:
+    return _fail(str(e) or type(e).__name__, 1, verbose)
+  except KeyboardInterrupt:
+    return _fail("interrupted", 130, verbose)
+  except SystemExit as e:  # --help
+    return e.code if isinstance(e.code, int) else 0
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -163,7 +163,11 @@ def read_prompts(path: str) -> list[str]:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
-      item = json.loads(line)
+      try:
+        item = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno}); "
+                         "expected an object with a 'prompt' string") from None
       if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
         raise ValueError(f"{path}:{lineno}: expected an object with a 'prompt' string")
       prompts.append(item["prompt"])
@@ -172,8 +176,8 @@ def read_prompts(path: str) -> list[str]:
 
 def sample_file(cfg, workdir: str, prompts_path: str, out_path: str) -> list[dict]:
   """``bdiff sample``: one JSON object per prompt of ``prompts_path``, in order, to ``out_path``."""
+  prompts = read_prompts(prompts_path)  # a bad file fails before the model is restored
   sampler = Sampler.from_run(workdir, cfg)
-  prompts = read_prompts(prompts_path)
   records = sampler.sample(prompts, progress=True)
   with open(out_path, "w", encoding="utf-8") as f:
     for rec in records:
