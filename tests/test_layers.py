@@ -18,7 +18,7 @@ LAYERS = (
     ("bdiff.sampling",),
     ("bdiff.config",),
     ("bdiff.train",),
-    ("bdiff.runs",),
+    ("bdiff.runs", "bdiff.convert"),
     ("bdiff.eval",),
     ("bdiff.cli", "bdiff"),  # the console entry and the curated public API (bdiff/__init__.py)
 )

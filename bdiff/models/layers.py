@@ -1,4 +1,4 @@
-"""Building blocks of the Llama/Qwen2-family decoder: RMSNorm, RoPE, GQA attention, SwiGLU.
+"""Building blocks of the Llama/Qwen2/Qwen3-family decoder: RMSNorm, RoPE, GQA attention, SwiGLU.
 
 Every parameter carries logical axis names (``nn.with_logical_partitioning``) so the sharding
 rule table in the config maps them onto the mesh. Parameters are fp32; compute runs in
@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bdiff import attention as attention_lib
 
@@ -40,16 +41,44 @@ class RMSNorm(nn.Module):
     return (x32 * scale).astype(self.dtype)
 
 
-def apply_rope(x: Array, positions: Array, theta: float) -> Array:
+def rope_frequencies(head_dim: int, theta: float, scaling=None) -> np.ndarray:
+  """Inverse RoPE frequencies ``theta^(-i / half)``, i < head_dim / 2, in float64.
+
+  ``scaling`` is the ``model.rope_scaling`` section; type "llama3" applies Llama 3.1's
+  frequency-dependent rescaling (Meta, "The Llama 3 Herd of Models", 2024; the rule of
+  ``_compute_llama3_parameters`` in huggingface/transformers ``modeling_rope_utils.py``):
+  wavelengths longer than ``original_max_position_embeddings / low_freq_factor`` are divided
+  by ``factor``, those shorter than ``... / high_freq_factor`` are kept, and the band between
+  is interpolated linearly in ``original / wavelength``.
+  """
+  half = head_dim // 2
+  inv_freq = 1.0 / theta ** (np.arange(half, dtype=np.float64) / half)
+  kind = "none" if scaling is None else scaling.type
+  if kind == "none":
+    return inv_freq
+  if kind != "llama3":
+    raise ValueError(f"model.rope_scaling.type must be 'none' or 'llama3', got {kind!r}")
+  old_len, factor = scaling.original_max_position_embeddings, scaling.factor
+  low, high = scaling.low_freq_factor, scaling.high_freq_factor
+  wavelen = 2 * np.pi / inv_freq
+  smooth = (old_len / wavelen - low) / (high - low)
+  medium = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+  return np.where(wavelen > old_len / low, inv_freq / factor,
+                  np.where(wavelen < old_len / high, inv_freq, medium))
+
+
+def apply_rope(x: Array, positions: Array, theta: float, scaling=None) -> Array:
   """Rotary embedding (Su et al. 2021), rotate-half layout as in Llama/Qwen2.
 
   Args:
     x: [b, l, heads, head_dim].
     positions: [b, l] explicit integer positions. Two-stream training passes the same
-      positions 0..n-1 for both halves (block_diffusion.md §3.4), never the physical index.
+      positions 0..n-1 for both halves (the clean copy of a token sits at its own position,
+      not at its physical index in the doubled input).
+    theta: the RoPE base.
+    scaling: optional ``model.rope_scaling`` section (see :func:`rope_frequencies`).
   """
-  half = x.shape[-1] // 2
-  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [half]
+  freq = jnp.asarray(rope_frequencies(x.shape[-1], theta, scaling), jnp.float32)  # [half]
   angle = positions.astype(jnp.float32)[..., None] * freq  # [b, l, half]
   sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -68,15 +97,16 @@ class Attention(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     dense = lambda feats, axes, name: nn.DenseGeneral(  # noqa: E731
         feats, axis=-1, use_bias=cfg.qkv_bias, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=init_with_axes(axes), name=name)
+        kernel_init=init_with_axes(axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]), name=name)
     q = dense((cfg.n_heads, cfg.head_dim), ("embed", "heads", "head_dim"), "q")(x)
     k = dense((cfg.n_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "k")(x)
     v = dense((cfg.n_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "v")(x)
-    if cfg.qk_norm:
+    if cfg.qk_norm:  # Qwen3: RMSNorm over head_dim of each head, before RoPE
       q = RMSNorm(cfg.norm_eps, "head_dim", dtype, name="q_norm")(q)
       k = RMSNorm(cfg.norm_eps, "head_dim", dtype, name="k_norm")(k)
-    q = apply_rope(q, positions, cfg.rope_theta)
-    k = apply_rope(k, positions, cfg.rope_theta)
+    q = apply_rope(q, positions, cfg.rope_theta, cfg.rope_scaling)
+    k = apply_rope(k, positions, cfg.rope_theta, cfg.rope_scaling)
     new_kv = (k, v)  # post-RoPE keys at absolute positions: what a cache stores
     if cache is not None:
       k = jnp.concatenate([cache[0].astype(k.dtype), k], axis=1)

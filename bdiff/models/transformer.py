@@ -1,15 +1,17 @@
-"""The bdiff decoder: a Llama/Qwen2-family transformer with a [MASK] token.
+"""The bdiff decoder: a Llama/Qwen2/Qwen3-family transformer with a [MASK] token.
 
-One network serves every block size. The embedding table has ``vocab_size + 1`` rows (the last
-is [MASK], ``mask_id = vocab_size``); the output head covers the ``vocab_size`` real tokens only,
-which is the SUBS rule "never predict MASK" by construction (block_diffusion.md §6.1, as in
-google/init2winit ``mdlm_rope_nanodo.py``).
+One network serves every block size. By default the embedding table has ``vocab_size + 1`` rows
+(the last is [MASK], ``mask_id = vocab_size``) and the output head covers the ``vocab_size`` real
+tokens only: the MDLM/BD3-LM "never predict MASK" rule holds by construction (Sahoo et al. 2024;
+as in google/init2winit ``mdlm_rope_nanodo.py``). A checkpoint whose vocabulary already holds a
+mask token (SDAR's ``<|MASK|>``) sets ``model.mask_token_id`` instead, and the table keeps its
+``vocab_size`` rows.
 
 Entry points:
   * ``Transformer.__call__(tokens, positions, mask, ...)``: a plain forward under any mask,
     optionally against a prefix KV cache (the sampler) and returning the new K/V.
   * :func:`two_stream_logits`: BD3-LM vectorised training over ``[x_t ; x_0]`` with the
-    two-stream mask and duplicated positions (block_diffusion.md §3).
+    two-stream mask and duplicated positions (Arriola et al. 2025, kuleshov-group/bd3lms).
 """
 from __future__ import annotations
 
@@ -46,6 +48,18 @@ def default_model_config() -> ml_collections.ConfigDict:
       qk_norm=False,
       qkv_bias=False,
       tie_embeddings=True,
+      tied_logit_scale=True,   # tied head scaled by 1/sqrt(d_model) (bdiff's own models);
+                               # Hugging Face checkpoints use the plain embedding: False
+      rope_scaling=ml_collections.ConfigDict(dict(
+          type="none",         # none | llama3 (Llama 3.1 frequency rescaling)
+          factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+          original_max_position_embeddings=8192)),
+      mask_token_id=-1,        # -1: [MASK] is an extra embedding row (id vocab_size);
+                               # >= 0: the checkpoint's own mask token, inside the vocabulary
+      vocab_from_tokenizer=True,  # training resets vocab_size to the tokenizer's; converted
+                               # checkpoints keep their (padded) table: False
+      attention="block_causal",  # the checkpoint's regime: block_causal (AR and block
+                               # diffusion) | bidirectional (LLaDA/Dream-style)
       dtype="bfloat16",        # compute dtype; params are always fp32
       scan_layers=True,
       remat="none",            # none | full | dots
@@ -77,6 +91,37 @@ def validate_model_config(cfg) -> None:
     jnp.dtype(cfg.dtype)
   except TypeError as e:
     raise ValueError(f"model.dtype is not a dtype: {cfg.dtype!r}") from e
+  _validate_checkpoint_keys(cfg)
+
+
+ATTENTION_REGIMES = ("block_causal", "bidirectional")
+
+
+def _validate_checkpoint_keys(cfg) -> None:
+  """The keys that describe a converted checkpoint's family (see bdiff.convert)."""
+  if not -1 <= cfg.mask_token_id < cfg.vocab_size or isinstance(cfg.mask_token_id, bool):
+    raise ValueError(f"model.mask_token_id must be -1 (an appended row) or a token id below "
+                     f"model.vocab_size={cfg.vocab_size}, got {cfg.mask_token_id!r}")
+  if cfg.attention not in ATTENTION_REGIMES:
+    raise ValueError(f"model.attention must be one of {ATTENTION_REGIMES}, got "
+                     f"{cfg.attention!r}")
+  rs = cfg.rope_scaling
+  if rs.type not in ("none", "llama3"):
+    raise ValueError(f"model.rope_scaling.type must be 'none' or 'llama3', got {rs.type!r}")
+  if rs.type == "llama3" and not (rs.factor > 0 and 0 < rs.low_freq_factor < rs.high_freq_factor
+                                  and rs.original_max_position_embeddings > 0):
+    raise ValueError("model.rope_scaling (llama3) needs factor > 0, 0 < low_freq_factor < "
+                     f"high_freq_factor and original_max_position_embeddings > 0, got {rs}")
+
+
+def embed_rows(cfg) -> int:
+  """Rows of the embedding table: the vocabulary, plus [MASK] unless the vocabulary has one."""
+  return cfg.vocab_size + (1 if cfg.mask_token_id < 0 else 0)
+
+
+def mask_token_id(cfg) -> int:
+  """The [MASK] id of a ``model`` config: its own token, or the appended row ``vocab_size``."""
+  return cfg.vocab_size if cfg.mask_token_id < 0 else cfg.mask_token_id
 
 
 class Transformer(nn.Module):
@@ -85,7 +130,7 @@ class Transformer(nn.Module):
 
   @property
   def mask_id(self) -> int:
-    return self.config.vocab_size
+    return mask_token_id(self.config)
 
   def _layers(self, static_mask):
     cfg = self.config
@@ -107,7 +152,7 @@ class Transformer(nn.Module):
     """Forward pass.
 
     Args:
-      tokens: [b, l] int32 in [0, vocab_size] (vocab_size is [MASK]).
+      tokens: [b, l] int32 below ``embed_rows(config)`` (the [MASK] id is ``mask_id``).
       positions: [b, l] int32 RoPE positions.
       mask: a bdiff.masks object over (l, S + l) or a bool array [b, (h,) l, S + l], where S is
         the cache length (0 without cache); None = full attention.
@@ -125,7 +170,7 @@ class Transformer(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     table = self.param("embed", nn.with_logical_partitioning(
         nn.initializers.normal(1.0), ("vocab", "embed")),
-        (cfg.vocab_size + 1, cfg.d_model), jnp.float32)
+        (embed_rows(cfg), cfg.d_model), jnp.float32)
     x = jnp.take(table, tokens, axis=0).astype(dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     static_mask = mask if isinstance(mask, masks_lib.Mask) else None
@@ -151,9 +196,11 @@ class Transformer(nn.Module):
   def _head(self, x, table):
     cfg = self.config
     if cfg.tie_embeddings:
-      w = table[:cfg.vocab_size].T.astype(x.dtype)  # [d, V]: MASK row excluded
-      # Tied heads read embeddings scaled for unit-variance inputs; 1/sqrt(d) keeps logits O(1).
-      logits = jnp.einsum("bld,dv->blv", x, w) * (cfg.d_model ** -0.5)
+      w = table[:cfg.vocab_size].T.astype(x.dtype)  # [d, V]: an appended MASK row excluded
+      logits = jnp.einsum("bld,dv->blv", x, w)
+      if cfg.tied_logit_scale:
+        # bdiff's embeddings are initialised with unit variance; 1/sqrt(d) keeps logits O(1).
+        logits = logits * (cfg.d_model ** -0.5)
     else:
       logits = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=x.dtype,
                                param_dtype=jnp.float32,

@@ -1,0 +1,146 @@
+"""Hugging Face ``config.json`` <-> bdiff ``model`` section, for the decoder families bdiff hosts.
+
+Llama (Meta, "The Llama 3 Herd of Models", 2024; huggingface/transformers ``modeling_llama.py``),
+Qwen2/Qwen2.5 (q/k/v biases; ``modeling_qwen2.py``) and Qwen3 (per-head q/k RMSNorm;
+``modeling_qwen3.py``) share one layout: pre-norm RMSNorm, rotate-half RoPE, GQA, SwiGLU. What
+differs is a handful of switches, read here from the checkpoint's config and checked strictly:
+a key whose value bdiff cannot honour is a ValueError naming it, never silently dropped.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from bdiff.models import default_model_config
+
+# architectures[0] -> (model_type, q/k/v bias, per-head q/k norm)
+FAMILIES = {
+    "LlamaForCausalLM": ("llama", False, False),
+    "Qwen2ForCausalLM": ("qwen2", True, False),
+    "Qwen3ForCausalLM": ("qwen3", False, True),
+}
+ROPE_TYPES = ("default", "llama3")
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
+               "original_max_position_embeddings")
+
+
+def read_hf_config(hf_dir: str) -> dict:
+  """The checkpoint's ``config.json`` as a dict (ValueError if absent or not JSON)."""
+  path = os.path.join(hf_dir, "config.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"{hf_dir!r} is not a Hugging Face model directory: no config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def family(hf: dict) -> str:
+  """The family name of a HF config; ValueError naming ``architectures`` if unsupported."""
+  archs = hf.get("architectures") or []
+  if len(archs) != 1 or archs[0] not in FAMILIES:
+    raise ValueError(f"config.json architectures={archs!r} is not supported; bdiff converts "
+                     f"{sorted(FAMILIES)}")
+  model_type, _, _ = FAMILIES[archs[0]]
+  if hf.get("model_type") != model_type:
+    raise ValueError(f"config.json model_type={hf.get('model_type')!r} does not match "
+                     f"architectures {archs[0]} (expected {model_type!r})")
+  return model_type
+
+
+def _require(hf: dict, key: str, allowed, default=None):
+  value = hf.get(key, default)
+  if value not in allowed:
+    raise ValueError(f"config.json {key}={value!r} is not supported (bdiff needs one of "
+                     f"{list(allowed)})")
+  return value
+
+
+def _rope(hf: dict) -> tuple[float, dict]:
+  """(theta, scaling) from either layout: transformers 5 ``rope_parameters`` or the older
+  top-level ``rope_theta`` + ``rope_scaling``."""
+  params = dict(hf.get("rope_parameters") or {})
+  key = "rope_parameters" if params else "rope_scaling"
+  if not params:
+    params = dict(hf.get("rope_scaling") or {})
+    params.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
+  kind = params.get("rope_type", params.get("type", "default"))
+  if kind not in ROPE_TYPES:
+    raise ValueError(f"config.json {key} type {kind!r} is not supported (bdiff has "
+                     f"{list(ROPE_TYPES)})")
+  scaling = {"type": "none"}
+  if kind == "llama3":
+    missing = [k for k in LLAMA3_KEYS if k not in params]
+    if missing:
+      raise ValueError(f"config.json {key} (llama3) lacks {missing}")
+    scaling = {"type": "llama3", **{k: params[k] for k in LLAMA3_KEYS}}
+  return float(params["rope_theta"]), scaling
+
+
+def _check_unsupported(hf: dict, name: str) -> None:
+  _require(hf, "hidden_act", ("silu",), "silu")
+  _require(hf, "mlp_bias", (False,), False)
+  _require(hf, "use_sliding_window", (False,), False)
+  # Llama's and Qwen3's attention_bias also biases o_proj, which bdiff's layer has not.
+  _require(hf, "attention_bias", (False,), False)
+  if hf.get("pretraining_tp", 1) != 1:
+    raise ValueError(f"config.json pretraining_tp={hf['pretraining_tp']!r} is not supported "
+                     f"for {name} (bdiff needs 1)")
+
+
+def model_config_from_hf(hf: dict) -> ml_collections.ConfigDict:
+  """The bdiff ``model`` section equivalent to a HF config (computation in its dtype)."""
+  name = family(hf)
+  _, qkv_bias, qk_norm = FAMILIES[hf["architectures"][0]]
+  _check_unsupported(hf, name)
+  theta, scaling = _rope(hf)
+  heads = int(hf["num_attention_heads"])
+  dtype = hf.get("dtype", hf.get("torch_dtype")) or "float32"
+  cfg = default_model_config()
+  cfg.update(
+      vocab_size=int(hf["vocab_size"]), d_model=int(hf["hidden_size"]),
+      n_layers=int(hf["num_hidden_layers"]), n_heads=heads,
+      n_kv_heads=int(hf.get("num_key_value_heads") or heads),
+      head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads),
+      mlp_dim=int(hf["intermediate_size"]), rope_theta=theta,
+      norm_eps=float(hf.get("rms_norm_eps", 1e-6)), qk_norm=qk_norm, qkv_bias=qkv_bias,
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)), tied_logit_scale=False,
+      mask_token_id=-1, vocab_from_tokenizer=False, attention="block_causal",
+      dtype="bfloat16" if dtype == "bfloat16" else "float32")
+  cfg.rope_scaling.update(scaling)
+  return cfg
+
+
+def hf_config_from_model(model_cfg, base: dict | None, dtype: str) -> dict:
+  """A HF ``config.json`` for a bdiff ``model`` section, on top of ``base`` (the imported
+  checkpoint's own config, whose other keys such as token ids are kept), else a Llama/Qwen
+  config chosen by the model's switches."""
+  if model_cfg.mask_token_id >= 0 or model_cfg.tied_logit_scale and model_cfg.tie_embeddings:
+    raise ValueError("export needs model.mask_token_id=-1 and, with tie_embeddings, "
+                     "tied_logit_scale=False: Llama/Qwen configs have no such switch")
+  arch = {(False, False): "LlamaForCausalLM", (True, False): "Qwen2ForCausalLM",
+          (False, True): "Qwen3ForCausalLM"}.get((model_cfg.qkv_bias, model_cfg.qk_norm))
+  if arch is None:
+    raise ValueError("no Hugging Face family has both q/k/v biases (model.qkv_bias) and "
+                     "q/k norms (model.qk_norm)")
+  out = dict(base or {})
+  out.pop("rope_scaling", None)
+  out.pop("rope_parameters", None)
+  out.update(architectures=[arch], model_type=FAMILIES[arch][0], hidden_act="silu",
+             vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.d_model,
+             num_hidden_layers=model_cfg.n_layers, num_attention_heads=model_cfg.n_heads,
+             num_key_value_heads=model_cfg.n_kv_heads, head_dim=model_cfg.head_dim,
+             intermediate_size=model_cfg.mlp_dim, rms_norm_eps=model_cfg.norm_eps,
+             tie_word_embeddings=model_cfg.tie_embeddings, rope_theta=model_cfg.rope_theta,
+             rope_scaling=_rope_scaling_out(model_cfg.rope_scaling), torch_dtype=dtype)
+  out.pop("dtype", None)
+  return out
+
+
+def _rope_scaling_out(scaling) -> dict | None:
+  if scaling.type == "none":
+    return None
+  return {"rope_type": "llama3", **{k: scaling[k] for k in LLAMA3_KEYS}}

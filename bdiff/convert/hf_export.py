@@ -1,0 +1,72 @@
+"""bdiff run directory -> Hugging Face checkpoint directory (``bdiff export``).
+
+Writes ``config.json`` in the family's own format (the imported checkpoint's config with the
+model's values, or a Llama/Qwen2/Qwen3 config chosen by the model's switches for a run bdiff
+trained itself), ``model.safetensors`` in the imported checkpoint's dtype (float32 for bdiff's
+own runs) and the tokenizer files kept with the run. Tensors are the inverse of the import's
+transposes and reshapes, so import -> export gives back the same bits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from bdiff import runs
+from bdiff.convert import families, layout
+from bdiff.convert.hf_import import HF_SUBDIR, META
+from bdiff.convert.safetensors_io import write
+
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+
+
+def _side(workdir: str) -> tuple[str, dict, dict | None]:
+  """(the run's hf/ folder, conversion record or {}, the imported config.json or None)."""
+  side = os.path.join(workdir, HF_SUBDIR)
+  meta, base = {}, None
+  if os.path.isfile(os.path.join(side, META)):
+    with open(os.path.join(side, META), encoding="utf-8") as f:
+      meta = json.load(f)
+  if os.path.isfile(os.path.join(side, "config.json")):
+    base = families.read_hf_config(side)
+  return side, meta, base
+
+
+def hf_tensors(params, model_cfg, dtype: str = "float32") -> dict[str, np.ndarray]:
+  """HF name -> numpy tensor for a bdiff params tree (gathered to this host)."""
+  maps = layout.tensor_maps(params, model_cfg)
+  out = {}
+  for m, leaf in zip(maps, jax.tree.leaves(params)):
+    for name, value in m.to_hf(np.asarray(jax.device_get(leaf))).items():
+      out[name] = value.astype(NUMPY_DTYPES[dtype])
+  return out
+
+
+def export_to_hf(workdir: str, out_dir: str, *, dtype: str | None = None) -> dict:
+  """Write the run in ``workdir`` (EMA weights when it has them) as a HF directory.
+
+  ``dtype`` defaults to the imported checkpoint's (float32 for runs bdiff trained itself).
+  Returns a summary: family, dtype, tensors, files written.
+  """
+  side, meta, base = _side(workdir)
+  dtype = dtype or meta.get("dtype", "float32")
+  if dtype not in NUMPY_DTYPES:
+    raise ValueError(f"export dtype must be one of {sorted(NUMPY_DTYPES)}, got {dtype!r}")
+  cfg, params, _ = runs.restore_params(workdir)
+  hf = families.hf_config_from_model(cfg.model, base, dtype)
+  tensors = hf_tensors(params, cfg.model, dtype)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(hf, f, indent=2)
+  files = ["config.json", os.path.basename(write(out_dir, tensors))]
+  if os.path.isdir(side):
+    for name in sorted(os.listdir(side)):
+      if name not in ("config.json", META):
+        shutil.copy2(os.path.join(side, name), os.path.join(out_dir, name))
+        files.append(name)
+  return {"family": hf["model_type"], "dtype": dtype, "tensors": len(tensors), "files": files,
+          "out_dir": os.path.abspath(out_dir)}

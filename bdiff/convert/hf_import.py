@@ -1,0 +1,189 @@
+"""Hugging Face checkpoint directory -> bdiff run directory (``bdiff convert --from_hf``).
+
+The run holds what ``bdiff train`` writes: ``config.json`` and an Orbax checkpoint (step 0) of a
+full TrainState, params from the checkpoint and fresh optimizer moments, so ``bdiff sample``,
+``bdiff eval`` and ``bdiff train`` (which continues from these weights) take it as their own.
+The checkpoint's config and tokenizer files are copied into ``RUN/hf/`` (the run's tokenizer
+is that copy), with ``RUN/hf/bdiff_convert.json`` recording what export needs to write the
+family's format back.
+
+Everything is checked against the safetensors headers first (a missing, extra or misshapen
+tensor is a ValueError naming it), and only then is each parameter built shard by shard:
+``jax.make_array_from_callback`` asks for each device's slice, which is read from the file
+alone, so no host or device ever holds a tensor its sharding splits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import tqdm
+
+from bdiff import config as config_lib
+from bdiff import sharding as sharding_lib
+from bdiff.convert import families, layout
+from bdiff.models import count_params
+from bdiff.convert.safetensors_io import INDEX, CheckpointReader
+from bdiff.train import checkpointing
+from bdiff.train import state as state_lib
+
+HF_SUBDIR = "hf"
+META = "bdiff_convert.json"
+# Model keys a user may override at conversion: how bdiff computes, not what the weights are.
+FREE_MODEL_KEYS = ("dtype", "scan_layers", "remat", "attention_impl", "pallas_backend")
+
+
+def _tokenizer_config(hf_dir: str) -> dict:
+  path = os.path.join(hf_dir, "tokenizer_config.json")
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
+  """The full bdiff config of a HF checkpoint: base config, ``model`` and ``data.tokenizer``
+  from the directory, and AR decoding settings (block size 1, token shift: position i's
+  logits predict token i + 1, as the checkpoint was trained)."""
+  hf = families.read_hf_config(hf_dir)
+  model = families.model_config_from_hf(hf)
+  tokenizer = os.path.join(hf_dir, "tokenizer.json")
+  if not os.path.isfile(tokenizer):
+    raise ValueError(f"{hf_dir!r} has no tokenizer.json (bdiff reads HF fast tokenizers)")
+  cfg = config_lib.base_config()
+  cfg.name = f"hf-{families.family(hf)}"
+  for key, value in model.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      cfg.model[key].update(value.to_dict())
+    else:
+      cfg.model[key] = value
+  cfg.data.tokenizer = os.path.abspath(tokenizer)
+  cfg.diffusion.block_size = 1
+  cfg.diffusion.token_shift = True
+  cfg.sample.strategy = "ar"
+  cfg.sample.prompt_prefix = "bos" if _tokenizer_config(hf_dir).get("bos_token") else "none"
+  return cfg
+
+
+def _check_model_keys(cfg_model, hf_model) -> None:
+  """Overrides may change how bdiff computes, never the architecture the weights need."""
+  for key in hf_model:
+    if key in FREE_MODEL_KEYS:
+      continue
+    got, want = cfg_model[key], hf_model[key]
+    if isinstance(want, ml_collections.ConfigDict):
+      got, want = got.to_dict(), want.to_dict()
+    if got != want:
+      raise ValueError(f"model.{key}={got!r} differs from the checkpoint's {want!r}; only "
+                       f"{list(FREE_MODEL_KEYS)} may be overridden at conversion")
+
+
+def check_tensors(maps, header: dict, tie_embeddings: bool) -> None:
+  """ValueError naming the first missing, unexpected or misshapen tensor."""
+  expected = {name: m.hf_shape for m in maps for name in m.hf_names}
+  # Some tied checkpoints still store the (identical) head; it is read from the embedding.
+  optional = {"lm_head.weight": expected["model.embed_tokens.weight"]} if tie_embeddings else {}
+  missing = sorted(set(expected) - set(header))
+  extra = sorted(n for n in header if n not in expected and n not in optional
+                 and not n.endswith(layout.IGNORABLE_SUFFIXES))
+  if missing:
+    raise ValueError(f"checkpoint lacks tensor {missing[0]} ({len(missing)} missing, e.g. "
+                     f"{missing[:3]}); is config.json the checkpoint's own?")
+  if extra:
+    raise ValueError(f"checkpoint has unexpected tensor {extra[0]} ({len(extra)} unexpected, "
+                     f"e.g. {extra[:3]}): the config does not describe it")
+  for name, shape in {**expected, **optional}.items():
+    if name in header and tuple(header[name][0]) != tuple(shape):
+      raise ValueError(f"tensor {name} has shape {list(header[name][0])}, the config needs "
+                       f"{list(shape)}")
+
+
+def _load_params(reader: CheckpointReader, maps, abstract_params, shardings, progress: bool):
+  """Each parameter built from its devices' slices only."""
+  leaves = []
+  for m in tqdm.tqdm(maps, desc="convert", unit="tensor", disable=not progress):
+    leaves.append(jax.make_array_from_callback(
+        m.shape, _leaf(shardings, m.path),
+        lambda index, m=m: m.read(reader.read, index).astype("float32")))
+  treedef = jax.tree.structure(abstract_params)
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def _leaf(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _copy_side_files(hf_dir: str, dest: str) -> None:
+  """config.json and every tokenizer / generation file: small JSON, text and jinja files."""
+  os.makedirs(dest, exist_ok=True)
+  for name in sorted(os.listdir(hf_dir)):
+    path = os.path.join(hf_dir, name)
+    if (os.path.isfile(path) and name != INDEX
+        and name.endswith((".json", ".jinja", ".txt", ".model", ".tiktoken"))):
+      shutil.copy2(path, os.path.join(dest, name))
+
+
+def _fresh_state(params, tx, cfg, shardings):
+  """Step 0 with fresh optimizer moments (and EMA = the weights when configured)."""
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+  ema = params if cfg.optim.ema_decay > 0 else None
+  return state_lib.TrainState(step=step, params=params, opt_state=opt_state, ema_params=ema)
+
+
+def convert_from_hf(hf_dir: str, workdir: str, cfg=None, *, mesh=None,
+                    progress: bool = True) -> dict:
+  """Write the run directory ``workdir`` from the HF checkpoint ``hf_dir``.
+
+  Args:
+    hf_dir: config.json, model.safetensors (or shards + model.safetensors.index.json),
+      tokenizer.json and optionally tokenizer_config.json and other tokenizer files.
+    workdir: the new run (must not hold a checkpoint yet).
+    cfg: the full bdiff config, default :func:`hf_config`; overrides may change any section
+      but ``model`` keys other than how bdiff computes (``FREE_MODEL_KEYS``).
+    mesh: default the config's mesh on this host's devices.
+
+  Returns:
+    a summary: family, source dtype, number of tensors and parameters, workdir.
+  """
+  hf = families.read_hf_config(hf_dir)
+  cfg = hf_config(hf_dir) if cfg is None else cfg
+  _check_model_keys(cfg.model, families.model_config_from_hf(hf))
+  if checkpointing.manager(workdir).latest_step() is not None:
+    raise ValueError(f"workdir {workdir!r} already holds a checkpoint; convert into a new one")
+  cfg = config_lib.from_dict(config_lib.to_dict(cfg))  # a private copy we may edit
+  mesh = sharding_lib.make_mesh(cfg.mesh) if mesh is None else mesh
+  config_lib.validate(cfg, tuple(mesh.shape.values()))
+  _, tx, abstract, shardings = state_lib.build(cfg, mesh)
+  maps = layout.tensor_maps(abstract.params, cfg.model)
+  with CheckpointReader(hf_dir) as reader:
+    check_tensors(maps, reader.header, cfg.model.tie_embeddings)
+    dtype = reader.dtype()
+    params = _load_params(reader, maps, abstract.params, shardings.params, progress)
+  side = os.path.join(workdir, HF_SUBDIR)
+  _copy_side_files(hf_dir, side)
+  if os.path.abspath(cfg.data.tokenizer) == os.path.abspath(os.path.join(hf_dir,
+                                                                         "tokenizer.json")):
+    cfg.data.tokenizer = os.path.abspath(os.path.join(side, "tokenizer.json"))
+  summary = {"family": families.family(hf), "dtype": dtype, "tensors": len(reader.header),
+             "num_params": count_params(abstract.params),
+             "source": os.path.abspath(hf_dir), "workdir": os.path.abspath(workdir)}
+  with open(os.path.join(side, META), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=1)
+  _save_run(workdir, _fresh_state(params, tx, cfg, shardings), cfg)
+  return summary
+
+
+def _save_run(workdir: str, state, cfg) -> None:
+  config_dict = config_lib.to_dict(cfg)
+  mgr = checkpointing.manager(workdir)
+  checkpointing.save(mgr, 0, state, config_dict=config_dict,
+                     data_position={"seed": cfg.train.seed, "next_step": 0})
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(config_dict, f, indent=1)

@@ -1,0 +1,83 @@
+"""Reading a Hugging Face checkpoint's safetensors (one file or shards with their index)
+slice by slice, and writing one back.
+
+Only headers are read up front (names, shapes, dtypes); tensor bytes are read per requested
+slice, so a host never loads more of a tensor than its devices hold.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensors returns)
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def _files(hf_dir: str) -> dict[str, str]:
+  """Tensor name -> file path, from the index if there is one."""
+  index = os.path.join(hf_dir, INDEX)
+  if os.path.isfile(index):
+    with open(index, encoding="utf-8") as f:
+      weight_map = json.load(f).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{index} has no weight_map")
+    return {name: os.path.join(hf_dir, file) for name, file in weight_map.items()}
+  single = os.path.join(hf_dir, SINGLE)
+  if not os.path.isfile(single):
+    raise ValueError(f"{hf_dir!r} has neither {SINGLE} nor {INDEX}")
+  with safe_open(single, framework="np") as f:
+    return {name: single for name in f.keys()}
+
+
+class CheckpointReader(contextlib.ExitStack):
+  """``with CheckpointReader(dir) as r``: ``r.header`` maps names to (shape, dtype name);
+  ``r.read(name, slices)`` returns that slice as float32 numpy."""
+
+  def __init__(self, hf_dir: str):
+    super().__init__()
+    self.hf_dir = hf_dir
+    self._file_of = _files(hf_dir)
+    self._handles: dict[str, object] = {}
+    self.header: dict[str, tuple[tuple[int, ...], str]] = {}
+
+  def __enter__(self):
+    super().__enter__()
+    for path in sorted(set(self._file_of.values())):
+      if not os.path.isfile(path):
+        raise ValueError(f"shard {os.path.basename(path)} named in {INDEX} is missing")
+      self._handles[path] = self.enter_context(safe_open(path, framework="np"))
+    for name, path in self._file_of.items():
+      if name not in self._handles[path].keys():
+        raise ValueError(f"tensor {name} is not in {os.path.basename(path)} as {INDEX} says")
+      sl = self._handles[path].get_slice(name)
+      self.header[name] = (tuple(sl.get_shape()), sl.get_dtype())
+    return self
+
+  def dtype(self) -> str:
+    """The checkpoint's float dtype (numpy name); ValueError if mixed or not float."""
+    kinds = {d for _, d in self.header.values()}
+    bad = sorted(k for k in kinds if k not in FLOAT_DTYPES)
+    if bad or len(kinds) > 1:
+      name = next(n for n, (_, d) in self.header.items() if d in bad or len(kinds) > 1)
+      raise ValueError(f"tensor {name}: dtypes {sorted(kinds)} in {self.hf_dir}; bdiff "
+                       f"converts checkpoints of one float dtype ({sorted(FLOAT_DTYPES)})")
+    return FLOAT_DTYPES[kinds.pop()] if kinds else "float32"
+
+  def read(self, name: str, slices: tuple) -> np.ndarray:
+    sl = self._handles[self._file_of[name]].get_slice(name)
+    return np.asarray(sl[slices]).astype(np.float32)
+
+
+def write(out_dir: str, tensors: dict[str, np.ndarray]) -> str:
+  """One ``model.safetensors`` with the ``format: pt`` metadata transformers expects."""
+  path = os.path.join(out_dir, SINGLE)
+  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path,
+            metadata={"format": "pt"})
+  return path

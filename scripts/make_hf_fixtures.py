@@ -1,0 +1,135 @@
+"""Writes the tiny Hugging Face fixtures under tests/fixtures/hf/ (golden logits and generations).
+
+Needs torch, transformers and tokenizers, which bdiff and its CI do not: run it once in a
+separate environment and commit its output, e.g.
+
+  python3.12 -m venv /tmp/fixture-venv && /tmp/fixture-venv/bin/pip install torch transformers
+  /tmp/fixture-venv/bin/python scripts/make_hf_fixtures.py
+
+For each family it builds a random model on a tiny config, saves it with ``save_pretrained``
+(float32 safetensors) next to a small byte-level BPE ``tokenizer.json``, and records with the
+reference implementation (transformers, eager attention, float32):
+  * ``logits``: the causal forward on fixed ``input_ids`` [2, 12];
+  * ``generated``: greedy ``generate`` of 16 tokens after ``prompt_ids`` [2, 6] (no EOS stop);
+  * ``min_margin``: the smallest top-1/top-2 logit gap met during that generation, so a test
+    can tell that greedy decoding is not decided by float rounding.
+The families cover what bdiff's converter must get right: Llama with Llama-3 RoPE scaling, an
+untied head and a sharded checkpoint (index + two files); Qwen2 with q/k/v biases, a tied head
+and a vocabulary padded past the tokenizer; Qwen3 with per-head q/k RMSNorm and a head_dim that
+is not hidden_size / heads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "hf")
+TOKENIZER_VOCAB = 300
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|MASK|>"]
+TEXT = """The quick brown fox jumps over the lazy dog. Block diffusion language models decode a
+block of tokens at a time, in parallel inside the block and autoregressively across blocks.
+def add(a, b):\n    return a + b\nfor i in range(10):\n    print(i * i)\n
+Pack my box with five dozen liquor jugs. Sphinx of black quartz, judge my vow! 0123456789
+"""
+
+COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.25,
+              hidden_act="silu", bos_token_id=None, eos_token_id=0, pad_token_id=None)
+
+FAMILIES = {
+    "llama": (transformers.LlamaConfig, dict(
+        vocab_size=TOKENIZER_VOCAB, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=4.0,
+                             low_freq_factor=1.0, high_freq_factor=4.0,
+                             original_max_position_embeddings=64)), "250KB"),
+    "qwen2": (transformers.Qwen2Config, dict(
+        vocab_size=TOKENIZER_VOCAB + 20, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        use_sliding_window=False, rope_parameters=dict(rope_type="default",
+                                                       rope_theta=1000000.0)), None),
+    "qwen3": (transformers.Qwen3Config, dict(
+        vocab_size=TOKENIZER_VOCAB, head_dim=32, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        attention_bias=False, use_sliding_window=False,
+        rope_parameters=dict(rope_type="default", rope_theta=1000000.0)), None),
+}
+
+
+def make_tokenizer() -> Tokenizer:
+  """A byte-level BPE with TOKENIZER_VOCAB entries (the specials first, ids 0..3)."""
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=SPECIALS,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  tok.train_from_iterator([TEXT] * 4, trainer)
+  if tok.get_vocab_size() != TOKENIZER_VOCAB:
+    sys.exit(f"tokenizer has {tok.get_vocab_size()} tokens, wanted {TOKENIZER_VOCAB}")
+  return tok
+
+
+def tokenizer_config() -> dict:
+  return {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
+          "pad_token": "<|endoftext|>", "bos_token": None, "model_max_length": 256,
+          "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                           "{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"}
+
+
+@torch.no_grad()
+def greedy_margin(model, prompt: torch.Tensor, new_tokens: int) -> float:
+  """The smallest top-1/top-2 logit gap along the greedy path (full recompute per step)."""
+  x, margin = prompt, float("inf")
+  for _ in range(new_tokens):
+    top = torch.topk(model(x).logits[:, -1].float(), 2, dim=-1).values
+    margin = min(margin, float((top[:, 0] - top[:, 1]).min()))
+    x = torch.cat([x, model(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+  return margin
+
+
+@torch.no_grad()
+def make_family(name: str, tok: Tokenizer, seed: int) -> dict:
+  config_cls, extra, shard_size = FAMILIES[name]
+  torch.manual_seed(seed)
+  config = config_cls(**COMMON, **extra, attn_implementation="eager")
+  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+  out = os.path.join(OUT, name)
+  os.makedirs(out, exist_ok=True)
+  model.save_pretrained(out, max_shard_size=shard_size or "50MB")
+  tok.save(os.path.join(out, "tokenizer.json"))
+  with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+    json.dump(tokenizer_config(), f, indent=2)
+  rng = np.random.default_rng(seed)
+  input_ids = rng.integers(4, TOKENIZER_VOCAB, size=(2, 12))
+  prompt_ids = rng.integers(4, TOKENIZER_VOCAB, size=(2, 6))
+  logits = model(torch.tensor(input_ids)).logits.float().numpy()
+  model.generation_config.eos_token_id = None
+  model.generation_config.pad_token_id = 0
+  prompt = torch.tensor(prompt_ids)
+  generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                             max_new_tokens=16, min_new_tokens=16)[:, prompt_ids.shape[1]:]
+  margin = greedy_margin(model, prompt, 16)
+  np.savez(os.path.join(out, "golden.npz"), input_ids=input_ids.astype(np.int32),
+           logits=logits.astype(np.float32), prompt_ids=prompt_ids.astype(np.int32),
+           generated=generated.numpy().astype(np.int32), min_margin=np.float32(margin))
+  return {"family": name, "min_margin": margin, "transformers": transformers.__version__,
+          "torch": torch.__version__, "bytes": sum(
+              os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))}
+
+
+def main() -> None:
+  tok = make_tokenizer()
+  for seed, name in enumerate(sorted(FAMILIES)):
+    info = make_family(name, tok, seed)
+    print(json.dumps(info))
+    if info["min_margin"] < 1e-3:
+      sys.exit(f"{name}: greedy margin {info['min_margin']:.2e} is too small for a stable test")
+
+
+if __name__ == "__main__":
+  main()
