@@ -244,25 +244,29 @@ def _add_train(sub) -> None:
   _add_override_help(p)
 
 
+def _add_run_command(sub, name: str, summary: str, example: str, **flags) -> None:
+  """A command that reads a trained run: --workdir, its own ``flags`` (name -> add_argument
+  keywords), and --config.* overrides of the run's saved config."""
+  p = _command(sub, name, summary, example)
+  p.add_argument("--workdir", required=True, help="a trained run directory (bdiff train)")
+  for flag, kwargs in flags.items():
+    p.add_argument(f"--{flag}", **kwargs)
+  _add_override_help(p)
+
+
 def _add_run_commands(sub) -> None:
-  p = _command(sub, "sample", "sample text for each prompt of a JSONL file",
-               "bdiff sample --workdir runs/tasks --prompts prompts.jsonl --out samples.jsonl "
-               "--config.sample.strategy=threshold")
-  _add_workdir(p)
-  p.add_argument("--prompts", required=True, help=_PROMPTS_HELP)
-  p.add_argument("--out", required=True,
-                 help="output JSONL, one record per prompt (directory created)")
-  _add_override_help(p)
-  p = _command(sub, "eval", "score the synthetic task suite (accuracy, tokens per forward)",
-               "bdiff eval --workdir runs/tasks --tasks copy,reverse")
-  _add_workdir(p)
-  p.add_argument("--tasks", default=None,
-                 help="comma-separated task names (default: the run's eval.tasks)")
-  _add_override_help(p)
-  p = _command(sub, "bench", "time the run's sampler at batch 1 and sample.batch_size",
-               "bdiff bench --workdir runs/tasks")
-  _add_workdir(p)
-  _add_override_help(p)
+  _add_run_command(
+      sub, "sample", "sample text for each prompt of a JSONL file",
+      "bdiff sample --workdir runs/tasks --prompts prompts.jsonl --out samples.jsonl "
+      "--config.sample.strategy=threshold",
+      prompts=dict(required=True, help=_PROMPTS_HELP),
+      out=dict(required=True, help="output JSONL, one record per prompt (directory created)"))
+  _add_run_command(
+      sub, "eval", "score the synthetic task suite (accuracy, tokens per forward)",
+      "bdiff eval --workdir runs/tasks --tasks copy,reverse",
+      tasks=dict(default=None, help="comma-separated task names (default: the run's eval.tasks)"))
+  _add_run_command(sub, "bench", "time the run's sampler at batch 1 and sample.batch_size",
+                   "bdiff bench --workdir runs/tasks")
 
 
 def _add_prepare(sub) -> None:
@@ -292,10 +296,6 @@ def _command(sub, name: str, summary: str, example: str) -> argparse.ArgumentPar
                      allow_abbrev=False)
   p.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
   return p
-
-
-def _add_workdir(p) -> None:
-  p.add_argument("--workdir", required=True, help="a trained run directory (bdiff train)")
 
 
 def _add_override_help(p) -> None:
