@@ -30,6 +30,8 @@ def _train() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       steps=1000, global_batch=16, seq_len=128, seed=0,
       log_every=10, eval_every=0, eval_batches=4, checkpoint_every=0, keep_checkpoints=2,
+      # True: each document of a packed row is trained alone (own RoPE positions, own blocks,
+      # attention inside it); False: a row is one window of the token stream (BD3-LM on OWT).
       mask_segments=False, progress=True))
 
 
@@ -106,7 +108,27 @@ def validate(cfg, mesh_shape: tuple[int, ...] | None = None) -> None:
   if cfg.train.global_batch % batch_shards:
     raise ValueError(f"train.global_batch={cfg.train.global_batch} must be divisible by "
                      f"mesh data*fsdp={batch_shards}")
+  _validate_packing(cfg)
   validate_sample_config(cfg.sample, cfg.diffusion.block_size, cfg.diffusion.token_shift)
+
+
+def _validate_packing(cfg) -> None:
+  """``train.mask_segments`` trains packed documents alone; say where that cannot hold."""
+  if not cfg.train.mask_segments:
+    return
+  if cfg.model.attention_impl == "pallas":
+    raise ValueError("train.mask_segments=True (per-document blocks of packed rows) needs "
+                     "model.attention_impl 'xla' or 'cudnn': the Pallas kernels' block-sparse "
+                     "plan is static and cannot follow document boundaries")
+  if cfg.diffusion.resample:
+    raise ValueError("train.mask_segments=True cannot be combined with diffusion.resample "
+                     "(its masked-count window is defined per row block)")
+  if cfg.diffusion.aux_ar_weight > 0:
+    raise ValueError("train.mask_segments=True cannot be combined with diffusion.aux_ar_weight "
+                     "> 0 (its next-token pairs would cross documents)")
+  if cfg.data.answer_only:
+    raise ValueError("train.mask_segments=True does not apply to data.answer_only rows (one "
+                     "example per row, its EOS padding would become one-token documents)")
 
 
 def to_dict(cfg) -> dict:

@@ -43,7 +43,8 @@ def train_flops_per_step(cfg, num_params: int) -> float:
   the embedding is a gather, not a matmul. Complementary masking doubles the batch.
   """
   m, d, n = cfg.model, cfg.diffusion, cfg.train.seq_len
-  embed = (m.vocab_size + 1) * m.d_model
+  mask_row = 1 if m.get("mask_token_id", -1) < 0 else 0  # [MASK] appended to the vocabulary
+  embed = (m.vocab_size + mask_row) * m.d_model
   body_params = num_params - embed - head_params(m)
   tokens = 2 * n  # noisy + clean stream
   body = 2 * body_params * tokens

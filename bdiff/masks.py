@@ -418,6 +418,41 @@ def sliding_window(q_len: int, kv_len: int, left: int, right: int = 0,
   return SlidingWindow(q_len, kv_len, left, right, q_offset)
 
 
+def packed_bd3_training(positions, segment_ids, block_size: int, context_causal: bool = False):
+  """Two-stream training mask of packed rows, blocks counted from each document's start.
+
+  ``positions`` [b, n] restart at 0 at every document start and ``segment_ids`` [b, n] number
+  the documents of a row (``bdiff.data.segment_ids_and_positions``). A token's block is named by
+  the row index where it begins, ``i - positions[i] % block_size``, so a document that starts
+  mid-block gets blocks of its own, exactly as if it were trained alone; attention never
+  crosses documents. With positions ``0..n-1`` and one segment this is :class:`BD3Training`.
+
+  Works on numpy and jnp arrays (a dynamic mask: backends that need a static mask object,
+  such as the Pallas kernels, cannot run it).
+
+  Args:
+    positions: [b, n] int positions within each document.
+    segment_ids: [b, n] int document ids.
+    block_size: diffusion block size B (need not divide the document lengths).
+    context_causal: token-causal clean stream (NBDiff) instead of block-causal.
+
+  Returns:
+    [b, 2n, 2n] bool over ``[x_t ; x_0]`` (True = may attend).
+  """
+  _check_positive(block_size=block_size)
+  n = positions.shape[-1]
+  idx = np.arange(2 * n)
+  clean = idx >= n
+  local = idx - n * clean  # both streams share a token's position and block
+  start = local[None, :] - positions[:, local] % block_size  # [b, 2n]
+  seg = segment_ids[:, local]
+  qs, ks = start[:, :, None], start[:, None, :]
+  qc, kc = clean[None, :, None], clean[None, None, :]
+  clean_rule = (local[None, None, :] <= local[None, :, None]) if context_causal else ks <= qs
+  rule = (~qc & ~kc & (ks == qs)) | (~qc & kc & (ks < qs)) | (qc & kc & clean_rule)
+  return rule & (seg[:, :, None] == seg[:, None, :])
+
+
 def segment_mask(q_segment_ids, kv_segment_ids):
   """Packed sequences: ``[b, q] x [b, kv] -> [b, q, kv]``, True where segments match.
 

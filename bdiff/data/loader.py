@@ -15,19 +15,18 @@ import tensorstore as ts
 Batch = dict[str, np.ndarray]
 
 
-def segment_ids_and_positions(tokens: np.ndarray, eos_id: int,
-                              doc_positions: bool = False) -> tuple[np.ndarray, np.ndarray]:
-  """Segment ids (+1 after each EOS, from 0) and positions for rows `tokens` [rows, len].
+def segment_ids_and_positions(tokens: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Segment ids (+1 after each EOS, from 0) and positions within each segment [rows, len].
 
-  Positions are 0..len-1, or restart at 0 at each segment start when `doc_positions`.
+  Positions restart at 0 at every segment start (and at the row start, so a document cut by
+  the window starts at 0 too). Training reads them only when packed documents are trained
+  alone (``train.mask_segments``); otherwise rows are plain windows with positions 0..len-1.
   """
   rows, length = tokens.shape
   is_eos = (tokens == eos_id).astype(np.int32)
   # An EOS belongs to the document it ends; the next token opens a new segment.
   segment_ids = np.cumsum(is_eos, axis=1, dtype=np.int32) - is_eos
   idx = np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length))
-  if not doc_positions:
-    return segment_ids, np.array(idx)
   is_start = np.zeros_like(is_eos, dtype=bool)
   is_start[:, 0] = True
   is_start[:, 1:] = is_eos[:, :-1] == 1
@@ -70,7 +69,6 @@ class TokenLoader:
     eos_id: document separator, used for segment ids.
     process_index, process_count: this host's rows are
       [process_index * local_batch, (process_index + 1) * local_batch) of the global batch.
-    doc_positions: positions restart at each document instead of running 0..seq_len-1.
     row_aligned: rows start at multiples of ``seq_len`` (the source holds one padded example
       per row) instead of at any token.
     answer_sep_id: when set, batches also hold ``eligible`` (see :func:`answer_mask`): only
@@ -81,7 +79,7 @@ class TokenLoader:
 
   def __init__(self, source: np.ndarray | ts.TensorStore, seq_len: int, global_batch: int,
                seed: int, *, eos_id: int, process_index: int = 0, process_count: int = 1,
-               doc_positions: bool = False, row_aligned: bool = False,
+               row_aligned: bool = False,
                answer_sep_id: int | None = None):
     if isinstance(source, ts.TensorStore):
       if source.rank != 1:
@@ -105,7 +103,7 @@ class TokenLoader:
     if seed < 0:
       raise ValueError(f"seed must be >= 0, got {seed}")
     self.source, self.seq_len, self.global_batch, self.seed = source, seq_len, global_batch, seed
-    self.eos_id, self.doc_positions = eos_id, doc_positions
+    self.eos_id = eos_id
     if answer_sep_id is not None and not row_aligned:
       raise ValueError("answer_sep_id needs row_aligned=True: in packed windows the tokens after "
                        "an answer are the next clean prompt, which sampling never shows")
@@ -142,8 +140,7 @@ class TokenLoader:
 
   def _make_batch(self, starts: np.ndarray) -> Batch:
     tokens = self._read_rows(starts)
-    segment_ids, positions = segment_ids_and_positions(tokens, self.eos_id,
-                                                       self.doc_positions)
+    segment_ids, positions = segment_ids_and_positions(tokens, self.eos_id)
     batch = {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
     if self.answer_sep_id is not None:
       batch["eligible"] = answer_mask(tokens, self.answer_sep_id)
@@ -151,7 +148,10 @@ class TokenLoader:
     return batch
 
   def batch(self, step: int) -> Batch:
-    """This host's rows of training step `step`: tokens, segment_ids, positions [rows, len]."""
+    """This host's rows of training step `step`: tokens, segment_ids, positions [rows, len].
+
+    ``positions`` are positions within each document (see :func:`segment_ids_and_positions`).
+    """
     return self._make_batch(self._local(self.offsets(step)))
 
   @property

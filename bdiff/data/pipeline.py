@@ -45,7 +45,6 @@ def default_data_config() -> ml_collections.ConfigDict:
       "max_docs": 0,               # stdlib/text: documents per split (0 = all)
       "valid_fraction": 0.02,      # held-out share (files, tokens or task examples)
       "text_field": "text",        # source=text: jsonl field holding the text
-      "doc_positions": False,      # positions restart at each document
       "answer_only": False,        # source=tasks: SFT rows (one example, EOS-padded), answers only
   })
 
@@ -189,7 +188,6 @@ def build_data(data_cfg: ml_collections.ConfigDict, seq_len: int, global_batch: 
   else:
     train, valid, info = _tensorstore_tokens(data_cfg, tok)
   kw = dict(eos_id=tok.eos_id, process_index=process_index, process_count=process_count,
-            doc_positions=data_cfg.doc_positions,
             row_aligned=data_cfg.answer_only,
             answer_sep_id=_answer_separator(tok) if data_cfg.answer_only else None)
   # Only what decides the token streams enters, so unused config keys do not perturb it.

@@ -112,9 +112,32 @@ def check_clip_window(block_size: int, eps_min: float, eps_max: float, enforce_l
         f"masked fraction k/{block_size} for block_size {block_size}; widen the window")
 
 
+def token_blocks(positions, block_size: int):
+  """[b, n] index of the row block whose diffusion time each token uses.
+
+  Without packing (``positions`` None) token i uses block ``i // B``. In packed rows
+  ``positions`` restart at every document, a document's blocks start at its first token, and
+  the block beginning at row index s draws the time of row block ``s // B``: every block keeps
+  one t, uniform on the clip window as in BD3-LM, and a document's blocks are scored exactly as
+  if it were alone (two short blocks may share a draw, which changes the variance, not the
+  expectation).
+  """
+  if positions is None:
+    return None
+  idx = jnp.arange(positions.shape[-1], dtype=jnp.int32)
+  return (idx - positions.astype(jnp.int32) % block_size) // block_size
+
+
+def per_token(values_per_block, block_size: int, blocks=None):
+  """[b, K] per-block values -> [b, n] per-token values (``blocks`` from :func:`token_blocks`)."""
+  if blocks is None:
+    return jnp.repeat(values_per_block, block_size, axis=1)
+  return jnp.take_along_axis(values_per_block, blocks, axis=1)
+
+
 def mask_tokens(rng, x0, t_blocks, block_size: int, mask_id: int, schedule: Schedule, *,
                 eligible=None, resample: bool = False, eps_min=DEFAULT_CLIP_MIN, eps_max=1.0,
-                enforce_lower=False, enforce_upper=False):
+                enforce_lower=False, enforce_upper=False, blocks=None):
   """Absorbing-state corruption: each eligible token becomes MASK w.p. μ(t of its block) (§4.1).
 
   Masks where ``u < μ`` (LLaDA / Fast-dLLM v2 / SDAR; bd3lms uses ``≤``, equal in law). Blocks
@@ -133,6 +156,8 @@ def mask_tokens(rng, x0, t_blocks, block_size: int, mask_id: int, schedule: Sche
     eligible: [b, n] bool, tokens that may be masked (False for prompt, BOS, padding).
     resample: condition each block's masked count on the clip window (bd3lms resample).
     eps_min, eps_max, enforce_lower, enforce_upper: the window and which bounds apply.
+    blocks: optional [b, n] row block whose t each token uses (packed documents, see
+      :func:`token_blocks`); not with ``resample``, whose count window is per row block.
 
   Returns:
     (xt [b, n] same dtype as x0, masked [b, n] bool).
@@ -143,6 +168,9 @@ def mask_tokens(rng, x0, t_blocks, block_size: int, mask_id: int, schedule: Sche
   t_blocks = jnp.broadcast_to(t_blocks, (b, num_blocks))
   mu = schedule.mask_prob(t_blocks)  # [b, K]
   if resample:
+    if blocks is not None:
+      raise ValueError("diffusion.resample conditions masked counts per row block; it is not "
+                       "defined for per-document blocks of packed rows (data.packing)")
     if all(isinstance(v, (bool, int, float)) for v in (eps_min, eps_max, enforce_lower,
                                                         enforce_upper)):
       check_clip_window(block_size, eps_min, eps_max, enforce_lower, enforce_upper)
@@ -150,8 +178,8 @@ def mask_tokens(rng, x0, t_blocks, block_size: int, mask_id: int, schedule: Sche
                           eps_max, enforce_lower, enforce_upper).reshape(b, n)
   else:
     u = _flat_draw(jax.random.uniform, rng, (b, n))
-    masked = u < jnp.repeat(mu, block_size, axis=1)
-  masked = (masked | jnp.repeat(t_blocks >= 1, block_size, axis=1)) & eligible
+    masked = u < per_token(mu, block_size, blocks)
+  masked = (masked | per_token(t_blocks >= 1, block_size, blocks)) & eligible
   return apply_mask(x0, masked, mask_id), masked
 
 

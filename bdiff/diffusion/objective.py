@@ -139,17 +139,22 @@ def _call(logits_fn, xt, x0, plan: _Plan, t, want_clean: bool):
   return logits_fn(xt, x0, want_clean=want_clean, **kwargs)
 
 
-def _masks(x0, valid, eligible, protect_first: bool):
+def _masks(x0, valid, eligible, protect_first: bool, positions=None):
   b, n = x0.shape
   valid = jnp.ones((b, n), bool) if valid is None else valid.astype(bool)
   eligible = valid if eligible is None else eligible.astype(bool) & valid
-  if protect_first:
-    eligible = eligible.at[:, 0].set(False)
+  if protect_first:  # the first token of the row, or of every packed document
+    first = (positions == 0) if positions is not None else jnp.arange(n) == 0
+    eligible = eligible & ~first
   return valid, eligible
 
 
-def _score(logits_fn, x0, rng, plan: _Plan, clip, valid, eligible, mask_id) -> _Scored:
-  """Draws t and the mask (§5, §4.1), runs the forward once and scores it (§6.1)."""
+def _score(logits_fn, x0, rng, plan: _Plan, clip, valid, eligible, mask_id,
+           positions=None) -> _Scored:
+  """Draws t and the mask, runs the forward once and scores it with the SUBS cross-entropy.
+
+  ``positions`` (packed documents) make every document's blocks start at its first token.
+  """
   b, n = x0.shape
   bs = plan.block_size
   t_rng, mask_rng = jax.random.split(rng)
@@ -161,11 +166,12 @@ def _score(logits_fn, x0, rng, plan: _Plan, clip, valid, eligible, mask_id) -> _
     mask_id = jax.eval_shape(
         lambda a: _call(logits_fn, a, a, plan, jnp.zeros(a.shape, jnp.float32), False)[0],
         x0).shape[-1]
+  blocks = corruption.token_blocks(positions, bs)
   xt, masked = corruption.mask_tokens(
       mask_rng, x0, t_blocks, bs, mask_id, plan.schedule, eligible=eligible,
       resample=plan.resample, eps_min=eps_min, eps_max=eps_max, enforce_lower=lower,
-      enforce_upper=upper)
-  t = jnp.repeat(t_blocks, bs, axis=1)  # [b, n]
+      enforce_upper=upper, blocks=blocks)
+  t = corruption.per_token(t_blocks, bs, blocks)  # [b, n]
   weight = losses.loss_weights(plan.weighting, plan.schedule, t)
   if plan.complementary:  # one forward over the doubled batch (Fast-dLLM v2, §7)
     masked_c = corruption.complementary_mask(masked, eligible)
@@ -184,7 +190,7 @@ def _score(logits_fn, x0, rng, plan: _Plan, clip, valid, eligible, mask_id) -> _
 
 
 def training_loss(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, eligible=None,
-                  mask_id: int | None = None, clip=None):
+                  mask_id: int | None = None, clip=None, positions=None):
   """The diffusion training loss of one batch (§2) and its metrics.
 
   Args:
@@ -197,6 +203,9 @@ def training_loss(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, eligible=Non
     mask_id: MASK token id (default: the logits' V).
     clip: optional (ε_min, ε_max), possibly traced (a searched window kept in the train
       state); default (cfg.clip_min, cfg.clip_max).
+    positions: optional [b, n] positions within packed documents (restarting at 0 at each):
+      blocks, and the protected first token, then count from each document's start; the
+      ``logits_fn`` must apply the matching per-document mask.
 
   Returns:
     (loss scalar, metrics dict of scalars): ``loss`` (total), ``diffusion_loss`` (weighted,
@@ -206,9 +215,12 @@ def training_loss(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, eligible=Non
   """
   validate_diffusion_config(cfg, x0.shape[1])
   plan = _plan(cfg)
-  valid, eligible = _masks(x0, valid, eligible, plan.protect_first)
+  if positions is not None and plan.want_clean:
+    raise ValueError("diffusion.aux_ar_weight > 0 is not supported on packed documents "
+                     "(data.packing='documents'): its next-token pairs would cross documents")
+  valid, eligible = _masks(x0, valid, eligible, plan.protect_first, positions)
   clip = (cfg.clip_min, cfg.clip_max) if clip is None else clip
-  s = _score(logits_fn, x0, rng, plan, clip, valid, eligible, mask_id)
+  s = _score(logits_fn, x0, rng, plan, clip, valid, eligible, mask_id, positions)
   diffusion_loss = losses.reduce_loss(s.weight * s.ce, cfg.reduction, valid=s.valid,
                                       loss_mask=s.loss_mask, eligible=s.eligible)
   n_sup = s.loss_mask.sum()
@@ -231,7 +243,7 @@ def training_loss(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, eligible=Non
 
 
 def nelbo(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, scored=None,
-          mask_id: int | None = None) -> dict:
+          mask_id: int | None = None, positions=None) -> dict:
   """One-draw NELBO sums for held-out evaluation (§10.1; bd3lms ``_check_val_sampling_intvl``).
 
   Always the unclipped window t ∈ [1e-3, 1] with ELBO weights and antithetic strata, no
@@ -249,6 +261,7 @@ def nelbo(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, scored=None,
       separately (e.g. an SFT answer without its EOS padding): the noise is drawn over all
       evaluated tokens as in training, only the reporting is restricted.
     mask_id: MASK token id (default: the logits' V).
+    positions: optional [b, n] positions within packed documents (see ``training_loss``).
 
   Returns:
     {"nll_sum": scalar float32 nats, "token_count": scalar int32}, plus "scored_nll_sum" and
@@ -259,9 +272,9 @@ def nelbo(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, scored=None,
   plan = dataclasses.replace(
       _plan(cfg), weighting="unit_all_masked" if ar else "elbo", antithetic=True,
       resample=False, complementary=False, want_clean=False)
-  valid, eligible = _masks(x0, valid, None, plan.protect_first)
+  valid, eligible = _masks(x0, valid, None, plan.protect_first, positions)
   clip = (1.0, 1.0) if ar else (corruption.DEFAULT_CLIP_MIN, 1.0)
-  s = _score(logits_fn, x0, rng, plan, clip, valid, eligible, mask_id)
+  s = _score(logits_fn, x0, rng, plan, clip, valid, eligible, mask_id, positions)
   terms = s.weight * s.ce
   out = {"nll_sum": terms.sum(), "token_count": eligible.sum().astype(jnp.int32)}
   if scored is not None:

@@ -217,11 +217,16 @@ def make_model(model_cfg) -> Transformer:
 
 def two_stream_logits(model: Transformer, params, xt, x0, block_size: int, *,
                       context_causal: bool = False, want_clean: bool = False,
-                      segment_ids=None):
-  """BD3-LM vectorised training forward over ``[x_t ; x_0]`` (block_diffusion.md §3).
+                      segment_ids=None, positions=None):
+  """BD3-LM vectorised training forward over ``[x_t ; x_0]`` (arXiv 2503.09573, section 3.2).
 
-  Both halves get positions 0..n-1 (§3.4); logits come from the noisy half only (§3.5) unless
-  ``want_clean`` (the auxiliary AR loss of §9 reads the clean stream too).
+  Both halves get the same positions, so a noisy token and its clean copy share a RoPE
+  position; logits come from the noisy half only unless ``want_clean`` (the auxiliary AR loss
+  reads the clean stream too). Rows are one sequence with positions ``0..n-1`` and blocks
+  counted from the row start, unless ``positions`` are given: then the row holds packed
+  documents (positions restart at each one, ``segment_ids`` number them), each document gets
+  its own RoPE positions and blocks counted from its own start, and attention stays inside it
+  (:func:`bdiff.masks.packed_bd3_training`), which equals training each document alone.
 
   Args:
     model: the Transformer.
@@ -230,20 +235,32 @@ def two_stream_logits(model: Transformer, params, xt, x0, block_size: int, *,
     block_size: diffusion block size B (must divide n).
     context_causal: NBDiff mask (token-causal clean stream).
     want_clean: also return the clean-stream logits.
-    segment_ids: optional [b, n] packed-sequence ids, duplicated over both streams.
+    segment_ids: optional [b, n] packed-document ids, duplicated over both streams.
+    positions: optional [b, n] positions within each document (needs ``segment_ids``).
 
   Returns:
     (noisy_logits [b, n, V], clean_logits [b, n, V] or None).
   """
   b, n = xt.shape
-  mask = masks_lib.BD3Training(n, block_size, context_causal=context_causal)
   tokens = jnp.concatenate([xt, x0], axis=1)
-  pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
-  positions = jnp.concatenate([pos, pos], axis=1)
   seg = None
-  if segment_ids is not None:
-    both = jnp.concatenate([segment_ids, segment_ids], axis=1)
-    seg = (both, both)
+  if positions is None:
+    mask = masks_lib.BD3Training(n, block_size, context_causal=context_causal)
+    pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+    if segment_ids is not None:
+      both = jnp.concatenate([segment_ids, segment_ids], axis=1)
+      seg = (both, both)
+  else:
+    if segment_ids is None:
+      raise ValueError("two_stream_logits: per-document positions need segment_ids (which "
+                       "tokens belong to which document)")
+    if model.config.attention_impl == "pallas":
+      raise ValueError("per-document blocks of packed rows need model.attention_impl 'xla' or "
+                       "'cudnn': the Pallas kernels' block-sparse plan is static and cannot "
+                       "follow document boundaries")
+    mask = masks_lib.packed_bd3_training(positions, segment_ids, block_size, context_causal)
+    pos = positions.astype(jnp.int32)
+  positions = jnp.concatenate([pos, pos], axis=1)
   logits = model.apply(params, tokens, positions, mask, segment_ids=seg,
                        num_logits=None if want_clean else n)
   if want_clean:

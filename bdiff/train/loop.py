@@ -99,13 +99,17 @@ def check_vocab(cfg, tokenizer) -> None:
   """The model's output vocabulary must be the data tokenizer's (MASK is the id after it).
 
   A mismatch is a config error, never silently rewritten: the saved config must describe the
-  model that was trained.
+  model that was trained. Only a converted checkpoint (``model.vocab_from_tokenizer=False``)
+  may keep a table padded past the tokenizer's ids.
   """
-  if cfg.model.vocab_size != tokenizer.vocab_size:
-    raise ValueError(
-        f"model.vocab_size={cfg.model.vocab_size} does not match the vocabulary of the data "
-        f"tokenizer {tokenizer.name!r} (data.tokenizer={cfg.data.tokenizer!r}), which has "
-        f"{tokenizer.vocab_size} tokens: set model.vocab_size={tokenizer.vocab_size}")
+  model_v, tok_v = cfg.model.vocab_size, tokenizer.vocab_size
+  padded_ok = not cfg.model.get("vocab_from_tokenizer", True)
+  if model_v == tok_v or (padded_ok and model_v > tok_v):
+    return
+  raise ValueError(
+      f"model.vocab_size={model_v} does not match the vocabulary of the data tokenizer "
+      f"{tokenizer.name!r} (data.tokenizer={cfg.data.tokenizer!r}), which has {tok_v} tokens: "
+      f"set model.vocab_size={tok_v} or use the tokenizer the model was built for")
 
 
 class MetricsWriter:

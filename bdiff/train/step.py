@@ -20,23 +20,41 @@ from bdiff.train.state import TrainState
 _NOISE_STREAM = 0x0D1F  # separates training noise from eval noise and init
 
 
-def make_logits_fn(model: Transformer, params, cfg, segment_ids=None):
-  """The two-stream forward in the form the diffusion objective calls."""
+def _repeat_rows(a, rows: int):
+  """Complementary copies double the batch: repeat per-row inputs to match."""
+  if a is None or a.shape[0] == rows:
+    return a
+  return jnp.concatenate([a] * (rows // a.shape[0]), axis=0)
+
+
+def make_logits_fn(model: Transformer, params, cfg, segment_ids=None, positions=None):
+  """The two-stream forward in the form the diffusion objective calls.
+
+  ``segment_ids`` with ``positions`` train packed documents alone (per-document positions,
+  blocks and attention); ``segment_ids`` alone only restrict attention to equal segments.
+  """
   dcfg = cfg.diffusion
 
   def logits_fn(xt, x0, want_clean=False):
-    seg = segment_ids
-    if seg is not None and seg.shape[0] != xt.shape[0]:  # complementary copies double the batch
-      seg = jnp.concatenate([seg] * (xt.shape[0] // seg.shape[0]), axis=0)
+    rows = xt.shape[0]
     return two_stream_logits(model, {"params": params}, xt, x0, dcfg.block_size,
                              context_causal=dcfg.context_causal, want_clean=want_clean,
-                             segment_ids=seg)
+                             segment_ids=_repeat_rows(segment_ids, rows),
+                             positions=_repeat_rows(positions, rows))
 
   return logits_fn
 
 
-def _segments(batch, cfg):
-  return batch.get("segment_ids") if cfg.train.mask_segments else None
+def _packed(batch, cfg):
+  """(segment_ids, positions) when packed documents are trained alone, else (None, None).
+
+  ``train.mask_segments``: each document of a packed row gets its own RoPE positions, its own
+  blocks (counted from its first token) and attention inside itself only, which equals training
+  it alone. Off: a row is one window of the token stream, as in BD3-LM's OpenWebText setup.
+  """
+  if not cfg.train.mask_segments:
+    return None, None
+  return batch["segment_ids"], batch["positions"]
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, cfg):
@@ -44,10 +62,12 @@ def train_step(state: TrainState, batch: dict, *, model, tx, cfg):
   rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.train.seed), _NOISE_STREAM),
                            state.step)
 
+  segment_ids, positions = _packed(batch, cfg)
+
   def loss_fn(params):
-    logits_fn = make_logits_fn(model, params, cfg, _segments(batch, cfg))
+    logits_fn = make_logits_fn(model, params, cfg, segment_ids, positions)
     return diffusion.training_loss(logits_fn, batch["tokens"], rng, cfg.diffusion,
-                                   eligible=batch.get("eligible"))
+                                   eligible=batch.get("eligible"), positions=positions)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -71,9 +91,11 @@ def eval_step(params, batch: dict, rng, *, model, cfg):
   their prompts, the quantity the tasks are decoded for; the batch's ``answer`` mask (real
   answer tokens and their EOS) is also summed on its own (``scored_*``), padding excluded.
   """
-  logits_fn = make_logits_fn(model, params, cfg, _segments(batch, cfg))
+  segment_ids, positions = _packed(batch, cfg)
+  logits_fn = make_logits_fn(model, params, cfg, segment_ids, positions)
   return diffusion.nelbo(logits_fn, batch["tokens"], rng, cfg.diffusion,
-                         valid=batch.get("eligible"), scored=batch.get("answer"))
+                         valid=batch.get("eligible"), scored=batch.get("answer"),
+                         positions=positions)
 
 
 def jit_train_step(model, tx, cfg, mesh, state_shardings):

@@ -50,9 +50,7 @@ def test_segment_ids_and_positions_around_eos():
   tokens = np.array([[1, 2, e, 3, e, e, 4], [e, 5, 6, 7, 8, 9, e]], np.int32)
   seg, pos = segment_ids_and_positions(tokens, e)
   np.testing.assert_array_equal(seg, [[0, 0, 0, 1, 1, 2, 3], [0, 1, 1, 1, 1, 1, 1]])
-  np.testing.assert_array_equal(pos, np.tile(np.arange(7), (2, 1)))
-  _, doc_pos = segment_ids_and_positions(tokens, e, doc_positions=True)
-  np.testing.assert_array_equal(doc_pos, [[0, 1, 2, 0, 1, 0, 0], [0, 0, 1, 2, 3, 4, 5]])
+  np.testing.assert_array_equal(pos, [[0, 1, 2, 0, 1, 0, 0], [0, 0, 1, 2, 3, 4, 5]])
 
 
 def test_tensorstore_source_matches_memory(tmp_path):
