@@ -109,6 +109,7 @@ def model_config_from_hf(hf: dict) -> ml_collections.ConfigDict:
       norm_eps=float(hf.get("rms_norm_eps", 1e-6)), qk_norm=qk_norm, qkv_bias=qkv_bias,
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)), tied_logit_scale=False,
       mask_token_id=-1, vocab_from_tokenizer=False, attention="block_causal",
+      vocab_pad_multiple=128,  # [MASK] makes the table odd; keep it splittable over tensor
       dtype="bfloat16" if dtype == "bfloat16" else "float32")
   cfg.rope_scaling.update(scaling)
   return cfg

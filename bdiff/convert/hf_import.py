@@ -34,7 +34,8 @@ from bdiff.train import state as state_lib
 HF_SUBDIR = "hf"
 META = "bdiff_convert.json"
 # Model keys a user may override at conversion: how bdiff computes, not what the weights are.
-FREE_MODEL_KEYS = ("dtype", "scan_layers", "remat", "attention_impl", "pallas_backend")
+FREE_MODEL_KEYS = ("dtype", "scan_layers", "remat", "attention_impl", "pallas_backend",
+                   "vocab_pad_multiple")
 
 
 def _tokenizer_config(hf_dir: str) -> dict:
@@ -102,15 +103,24 @@ def check_tensors(maps, header: dict, tie_embeddings: bool) -> None:
                        f"{list(shape)}")
 
 
-def _load_params(reader: CheckpointReader, maps, abstract_params, shardings, progress: bool):
-  """Each parameter built from its devices' slices only."""
-  leaves = []
-  for m in tqdm.tqdm(maps, desc="convert", unit="tensor", disable=not progress):
-    leaves.append(jax.make_array_from_callback(
-        m.shape, _leaf(shardings, m.path),
-        lambda index, m=m: m.read(reader.read, index).astype("float32")))
-  treedef = jax.tree.structure(abstract_params)
-  return jax.tree.unflatten(treedef, leaves)
+def load_params(hf_dir: str, model_cfg, abstract_params, shardings, *, progress: bool = True):
+  """(params, checkpoint dtype, number of tensors): the checkpoint's weights as bdiff params
+  with the given shardings, each device's slice read from the files alone.
+
+  Every tensor name and shape is checked first: nothing is allocated for a checkpoint that
+  does not match ``model_cfg``.
+  """
+  maps = layout.tensor_maps(abstract_params, model_cfg)
+  with CheckpointReader(hf_dir) as reader:
+    check_tensors(maps, reader.header, model_cfg.tie_embeddings)
+    dtype = reader.dtype()
+    leaves = []
+    for m in tqdm.tqdm(maps, desc="convert", unit="tensor", disable=not progress):
+      leaves.append(jax.make_array_from_callback(
+          m.shape, _leaf(shardings, m.path),
+          lambda index, m=m: m.read(reader.read, index)))
+    tensors = len(reader.header)
+  return jax.tree.unflatten(jax.tree.structure(abstract_params), leaves), dtype, tensors
 
 
 def _leaf(tree, path):
@@ -161,17 +171,14 @@ def convert_from_hf(hf_dir: str, workdir: str, cfg=None, *, mesh=None,
   mesh = sharding_lib.make_mesh(cfg.mesh) if mesh is None else mesh
   config_lib.validate(cfg, tuple(mesh.shape.values()))
   _, tx, abstract, shardings = state_lib.build(cfg, mesh)
-  maps = layout.tensor_maps(abstract.params, cfg.model)
-  with CheckpointReader(hf_dir) as reader:
-    check_tensors(maps, reader.header, cfg.model.tie_embeddings)
-    dtype = reader.dtype()
-    params = _load_params(reader, maps, abstract.params, shardings.params, progress)
+  params, dtype, tensors = load_params(hf_dir, cfg.model, abstract.params, shardings.params,
+                                       progress=progress)
   side = os.path.join(workdir, HF_SUBDIR)
   _copy_side_files(hf_dir, side)
   if os.path.abspath(cfg.data.tokenizer) == os.path.abspath(os.path.join(hf_dir,
                                                                          "tokenizer.json")):
     cfg.data.tokenizer = os.path.abspath(os.path.join(side, "tokenizer.json"))
-  summary = {"family": families.family(hf), "dtype": dtype, "tensors": len(reader.header),
+  summary = {"family": families.family(hf), "dtype": dtype, "tensors": tensors,
              "num_params": count_params(abstract.params),
              "source": os.path.abspath(hf_dir), "workdir": os.path.abspath(workdir)}
   with open(os.path.join(side, META), "w", encoding="utf-8") as f:

@@ -56,6 +56,8 @@ def default_model_config() -> ml_collections.ConfigDict:
           original_max_position_embeddings=8192)),
       mask_token_id=-1,        # -1: [MASK] is an extra embedding row (id vocab_size);
                                # >= 0: the checkpoint's own mask token, inside the vocabulary
+      vocab_pad_multiple=1,    # embedding rows rounded up to a multiple of this, so the
+                               # table splits evenly over model.tensor (rows never read)
       vocab_from_tokenizer=True,  # training resets vocab_size to the tokenizer's; converted
                                # checkpoints keep their (padded) table: False
       attention="block_causal",  # the checkpoint's regime: block_causal (AR and block
@@ -71,7 +73,7 @@ def default_model_config() -> ml_collections.ConfigDict:
 def validate_model_config(cfg) -> None:
   """Raise ValueError naming the offending ``model.*`` key."""
   for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-              "mlp_dim"):
+              "mlp_dim", "vocab_pad_multiple"):
     if not isinstance(cfg[key], int) or cfg[key] <= 0:
       raise ValueError(f"model.{key} must be a positive integer, got {cfg[key]!r}")
   if cfg.n_heads % cfg.n_kv_heads:
@@ -115,8 +117,10 @@ def _validate_checkpoint_keys(cfg) -> None:
 
 
 def embed_rows(cfg) -> int:
-  """Rows of the embedding table: the vocabulary, plus [MASK] unless the vocabulary has one."""
-  return cfg.vocab_size + (1 if cfg.mask_token_id < 0 else 0)
+  """Rows of the embedding table: the vocabulary, plus [MASK] unless the vocabulary has one,
+  rounded up to ``vocab_pad_multiple`` (padding rows are never looked up)."""
+  rows = cfg.vocab_size + (1 if cfg.mask_token_id < 0 else 0)
+  return -(-rows // cfg.vocab_pad_multiple) * cfg.vocab_pad_multiple
 
 
 def mask_token_id(cfg) -> int:
