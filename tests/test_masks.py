@@ -153,3 +153,20 @@ def test_bd3_layout_is_fast_and_quarter_dense():
 def test_bad_arguments_name_the_argument(call, arg):
   with pytest.raises(ValueError, match=arg):
     call()
+
+
+def test_packed_bd3_training_is_bd3_for_one_document_and_block_diagonal_for_two():
+  n, b = 16, 4
+  for cc in (False, True):
+    one = masks.packed_bd3_training(np.arange(n)[None], np.zeros((1, n), int), b, cc)[0]
+    np.testing.assert_array_equal(one, masks.BD3Training(n, b, context_causal=cc).dense())
+  # Two documents of 8 tokens, each starting on a block boundary: the two-stream mask of each
+  # document alone, and nothing across them.
+  pos = np.concatenate([np.arange(8), np.arange(8)])[None]
+  seg = np.repeat([0, 1], 8)[None]
+  got = masks.packed_bd3_training(pos, seg, b)[0]
+  alone = masks.BD3Training(8, b).dense()
+  idx = [np.r_[0:8, 16:24], np.r_[8:16, 24:32]]  # (noisy, clean) rows of each document
+  for d in range(2):
+    np.testing.assert_array_equal(got[np.ix_(idx[d], idx[d])], alone)
+    assert not got[np.ix_(idx[d], idx[1 - d])].any()
