@@ -1,9 +1,10 @@
-"""The ``bdiff`` command: train | sample | eval | bench | prepare.
+"""The ``bdiff`` command: train | sample | eval | bench | prepare | convert | export.
 
 Thin by design: parse flags, call the library. ``train`` reads an ml_collections config file
 (``--config configs/NAME.py[:variant]``); the commands that read a trained run (sample, eval,
-bench) load the config saved in ``--workdir`` (``config.json``). Every command that uses a
-config takes ``--config.KEY=VALUE`` overrides, parsed to the type of the field they replace.
+bench) load the config saved in ``--workdir`` (``config.json``); ``convert`` starts from the
+config of a Hugging Face checkpoint. Every command that uses a config takes
+``--config.KEY=VALUE`` overrides, parsed to the type of the field they replace.
 
 Errors: a bad flag, key, value or path prints one line ``bdiff: error: ...`` on stderr and
 exits 2 (usage) or 1 (a failure while running); ``--verbose`` adds the traceback. Any other
@@ -25,6 +26,8 @@ from absl import logging as absl_logging
 import ml_collections
 
 from bdiff import config as config_lib
+from bdiff import convert
+from bdiff.convert import hf_export
 from bdiff import runs
 from bdiff.data import get_tokenizer, prepare, store
 from bdiff.eval import speed_bench
@@ -227,6 +230,27 @@ def cmd_prepare(args, overrides) -> None:
     print(f"skipped {example}", file=sys.stderr)
 
 
+def cmd_convert(args, overrides) -> None:
+  if not os.path.isdir(args.from_hf):
+    raise UsageError(f"--from_hf {args.from_hf}: no such directory")
+  if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+    raise UsageError(f"--workdir {args.workdir} exists and is not a directory")
+  cfg = validate(apply_overrides(convert.hf_config(args.from_hf), overrides))
+  print(json.dumps(convert.convert_from_hf(args.from_hf, args.workdir, cfg), indent=1))
+
+
+def cmd_export(args, overrides) -> None:
+  if overrides:
+    raise UsageError(f"export takes no --config.* overrides (got --config.{overrides[0][0]})")
+  load_run_config(args.workdir)  # a run is there
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise UsageError(f"--out {args.out} exists and is not a directory")
+  if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+    raise UsageError(f"--out {args.out} is not empty; pass --overwrite to write into it")
+  os.makedirs(args.out, exist_ok=True)
+  print(json.dumps(convert.export_to_hf(args.workdir, args.out, dtype=args.dtype), indent=1))
+
+
 # ---------------------------------------------------------------------------------------------
 # Flags and help.
 
@@ -244,14 +268,17 @@ def _add_train(sub) -> None:
   _add_override_help(p)
 
 
-def _add_run_command(sub, name: str, summary: str, example: str, **flags) -> None:
-  """A command that reads a trained run: --workdir, its own ``flags`` (name -> add_argument
-  keywords), and --config.* overrides of the run's saved config."""
+def _add_run_command(sub, name: str, summary: str, example: str, overrides: bool = True,
+                     **flags) -> None:
+  """A command that reads a run: --workdir, its own ``flags`` (name -> add_argument
+  keywords), and (with ``overrides``) --config.* overrides of the run's saved config."""
   p = _command(sub, name, summary, example)
-  p.add_argument("--workdir", required=True, help="a trained run directory (bdiff train)")
+  p.add_argument("--workdir", required=True,
+                 help="a run directory (made by bdiff train or bdiff convert)")
   for flag, kwargs in flags.items():
     p.add_argument(f"--{flag}", **kwargs)
-  _add_override_help(p)
+  if overrides:
+    _add_override_help(p)
 
 
 def _add_run_commands(sub) -> None:
@@ -267,6 +294,23 @@ def _add_run_commands(sub) -> None:
       tasks=dict(default=None, help="comma-separated task names (default: the run's eval.tasks)"))
   _add_run_command(sub, "bench", "time the run's sampler at batch 1 and sample.batch_size",
                    "bdiff bench --workdir runs/tasks")
+
+
+def _add_convert_commands(sub) -> None:
+  p = _command(sub, "convert", "make a run from a Hugging Face checkpoint (Llama, Qwen2, Qwen3)",
+               "bdiff convert --from_hf qwen3-0.6b/ --workdir runs/qwen3 "
+               "--config.sample.max_new_tokens=64")
+  p.add_argument("--from_hf", required=True, metavar="DIR",
+                 help="config.json, *.safetensors and tokenizer.json of the checkpoint")
+  p.add_argument("--workdir", required=True, help="the new run directory (no checkpoint yet)")
+  _add_override_help(p)
+  _add_run_command(
+      sub, "export", "write a run as a Hugging Face checkpoint directory",
+      "bdiff export --workdir runs/qwen3 --out qwen3-export/", overrides=False,
+      out=dict(required=True, metavar="DIR", help="output directory (created)"),
+      dtype=dict(default=None, choices=sorted(hf_export.NUMPY_DTYPES),
+                 help="tensor dtype (default: the imported checkpoint's, else float32)"),
+      overwrite=dict(action="store_true", help="write into a non-empty --out"))
 
 
 def _add_prepare(sub) -> None:
@@ -304,7 +348,8 @@ def _add_override_help(p) -> None:
 
 
 COMMANDS: dict[str, Callable] = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
-                                 "bench": cmd_bench, "prepare": cmd_prepare}
+                                 "bench": cmd_bench, "prepare": cmd_prepare,
+                                 "convert": cmd_convert, "export": cmd_export}
 USAGE = f"usage: bdiff {{{'|'.join(COMMANDS)}}} [flags]   (bdiff COMMAND --help for flags)"
 
 
@@ -316,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_train(sub)
   _add_run_commands(sub)
   _add_prepare(sub)
+  _add_convert_commands(sub)
   return parser
 
 

@@ -36,7 +36,7 @@ def one_line_error(err: str) -> str:
 
 def test_usage_lists_commands():
   proc = run_cli()
-  assert proc.returncode == 2 and "train|sample|eval|bench|prepare" in proc.stderr
+  assert proc.returncode == 2 and "train|sample|eval|bench|prepare|convert|export" in proc.stderr
 
 
 @pytest.mark.parametrize("command, flags", [
@@ -46,6 +46,8 @@ def test_usage_lists_commands():
     ("bench", ["--workdir", "--config.KEY"]),
     ("prepare", ["--inputs", "--out", "--tokenizer", "--text_field", "--overwrite",
                  "--on_error"]),
+    ("convert", ["--from_hf", "--workdir", "--config.KEY"]),
+    ("export", ["--workdir", "--out", "--dtype", "--overwrite"]),
 ])
 def test_each_command_help_lists_its_flags_and_an_example(capsys, command, flags):
   code, out, _ = call(capsys, command, "--help")
