@@ -98,8 +98,8 @@ def validate(cfg, mesh_shape: tuple[int, ...] | None = None) -> None:
   validate_diffusion_config(cfg.diffusion, cfg.train.seq_len)
   if cfg.diffusion.time_conditioning:
     raise ValueError("diffusion.time_conditioning=True needs a time input that "
-                     "bdiff.models.Transformer does not have (BD3-LM trains without it, "
-                     "block_diffusion.md §6.4)")
+                     "bdiff.models.Transformer does not have (BD3-LM, arXiv 2503.09573, trains "
+                     "without time conditioning)")
   validate_data_config(cfg.data)
   _validate_optim(cfg)
   _validate_train(cfg)

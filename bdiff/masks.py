@@ -1,6 +1,6 @@
 """Attention masks as objects.
 
-One mask object drives every attention backend (DESIGN.md, "Masks are objects"):
+One mask object drives every attention backend:
 
 * ``predicate(q, k)`` is the element rule on integer position arrays. It uses only
   ``+ - * // & | ~`` and comparisons, so the same code runs on numpy arrays (dense reference,
@@ -11,8 +11,9 @@ One mask object drives every attention backend (DESIGN.md, "Masks are objects"):
   ``S x S`` array on the fast paths (analytic for token-level masks, cell pooling for block
   masks), which is what the block-sparse kernels consume.
 
-The rules are those of ``../shared/specs/block_diffusion.md`` §3 (BD3-LM two-stream mask,
-kuleshov-group/bd3lms ``models/dit.py::block_diff_mask``) and §9 (NBDiff context-causal).
+The rules are BD3-LM's two-stream training mask and block-causal inference mask (Arriola et al.
+2025, arXiv 2503.09573; kuleshov-group/bd3lms ``models/dit.py::block_diff_mask``) and the
+NBDiff variant with a token-causal clean stream (arXiv 2512.06776).
 Masks are frozen dataclasses: hashable, usable as static jit arguments and cache keys.
 """
 from __future__ import annotations
@@ -243,7 +244,7 @@ class SlidingWindow(Mask):
 
 @dataclasses.dataclass(frozen=True)
 class BlockCausal(Mask):
-  """Inference mask of block diffusion (spec §3.8): blk(k) <= blk(q).
+  """Inference mask of block diffusion (BD3-LM, arXiv 2503.09573): blk(k) <= blk(q).
 
   Query i sits at absolute position ``i + q_offset`` (the cached case: a block of queries
   against a cache of ``q_offset`` tokens plus itself). Blocks count from position 0.
@@ -311,11 +312,11 @@ class CacheWindow(Mask):
 
 @dataclasses.dataclass(frozen=True)
 class BD3Training(Mask):
-  """BD3-LM two-stream training mask over ``[x_t ; x_0]`` (spec §3.2).
+  """BD3-LM two-stream training mask over ``[x_t ; x_0]`` (arXiv 2503.09573, section 3.2).
 
   Positions ``[0, n)`` are the noisy stream, ``[n, 2n)`` the clean stream. A noisy query of
   block b sees noisy block b (bidirectional) and clean blocks < b; a clean query of block b
-  sees clean blocks <= b. With ``context_causal`` (NBDiff, spec §9) the clean stream is
+  sees clean blocks <= b. With ``context_causal`` (NBDiff, arXiv 2512.06776) the clean stream is
   token-causal instead of block-causal; the noisy rules are unchanged.
   """
   seq_len: int
@@ -409,7 +410,7 @@ def bd3_training(seq_len: int, block_size: int) -> BD3Training:
 
 
 def context_causal(seq_len: int, block_size: int) -> BD3Training:
-  """NBDiff two-stream mask: BD3 with a token-causal clean stream (spec §9)."""
+  """NBDiff two-stream mask: BD3 with a token-causal clean stream (arXiv 2512.06776)."""
   return BD3Training(seq_len, block_size, context_causal=True)
 
 

@@ -1,4 +1,4 @@
-"""Device mesh and logical-axis sharding (DESIGN.md, "Sharding the current way").
+"""Device mesh and logical-axis sharding, in the style of MaxText and big_vision.
 
 The mesh has axes ``("data", "fsdp", "tensor")``; parameters carry logical axis names and the
 rule table in ``config.mesh.rules`` maps them onto mesh axes. ``jax.jit`` with in/out shardings

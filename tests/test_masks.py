@@ -10,7 +10,7 @@ CASES = [(8, 1), (8, 2), (8, 4), (8, 8), (12, 3), (12, 12), (15, 5), (16, 16)]
 
 
 def bd3_by_quadrants(n, b, context_causal=False):
-  """block_diffusion.md §3.2 quadrant table, built loop by loop."""
+  """The BD3-LM two-stream mask (arXiv 2503.09573, Fig. 2) built quadrant by quadrant in loops."""
   m = np.zeros((2 * n, 2 * n), bool)
   for q, k in itertools.product(range(2 * n), repeat=2):
     q_clean, k_clean = q >= n, k >= n

@@ -1,4 +1,4 @@
-"""Synthetic tasks with exact scorers (ParallelBench-style, decoding.md §4).
+"""Synthetic tasks with exact scorers, in the style of ParallelBench's list and grid tasks.
 
 Formats are compact so a tiny byte-level model can learn them on a CPU:
 
@@ -12,7 +12,7 @@ indices are 0-based. The prompt alone determines what is correct, so scorers tak
 `Example` or its prompt. Tasks with many valid outputs (shuffle, *_random, latin_square) are
 scored by checking validity, never by equality with the stored reference answer.
 
-Scoring modes (decoding.md §4.3): lenient reads the first non-empty line as items separated by
+Scoring modes: lenient reads the first non-empty line as items separated by
 whitespace or commas; strict requires the output to be exactly the canonical rendering.
 """
 from __future__ import annotations
@@ -138,7 +138,7 @@ class ListTask:
 
 
 class ShuffleTask(ListTask):
-  """Any reordering of the input multiset that differs from the input order (§4.4)."""
+  """Any reordering of the input multiset that differs from the input order (many answers)."""
 
   def __init__(self, name: str = "shuffle", **kw):
     super().__init__(name, "shuffle", lambda x, w, i: list(x), **kw)
@@ -224,7 +224,7 @@ class GridTask:
     rows = _output_items(output, strict)
     if rows is None:
       return False
-    if not strict:  # Lenient: ignore tokens that are not 4-digit rows (§4.5).
+    if not strict:  # Lenient: ignore tokens that are not 4-digit rows.
       rows = [r for r in rows if re.fullmatch(r"\d{4}", r)]
     if len(rows) != 4 or not all(re.fullmatch(r"[1-4]{4}", r) for r in rows):
       return False

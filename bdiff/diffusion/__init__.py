@@ -1,6 +1,7 @@
 """The block diffusion process, pure jnp: schedules, corruption, losses, the training objective.
 
-See /work/shared/specs/block_diffusion.md §4-§7, §9, §10.1 for the rules implemented here.
+BD3-LM (Arriola et al. 2025, arXiv 2503.09573; kuleshov-group/bd3lms) with options from MDLM,
+MD4, LLaDA, Fast-dLLM v2 and NBDiff; docs/training.md explains the objective.
 """
 from bdiff.diffusion.corruption import apply_mask
 from bdiff.diffusion.corruption import check_clip_window

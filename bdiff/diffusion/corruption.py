@@ -1,8 +1,8 @@
-"""The forward (noising) process: diffusion times and masks (block_diffusion.md §4, §5, §7).
+"""The forward (noising) process: diffusion times and masks (BD3-LM, arXiv 2503.09573).
 
 Everything here is a pure, fixed-shape ``jnp`` function of explicit PRNG keys, so it runs
 inside the jitted train step. Under ``jax.jit`` with a sharded batch the arrays are the
-*global* batch, so antithetic strata span all devices (§5.2 [bdiff]), unlike the per-device
+*global* batch, so antithetic strata span all devices (a bdiff choice), unlike the per-device
 strata of the Lightning reference.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from jax.scipy.special import gammaln, xlogy
 
 from bdiff.diffusion.schedules import Schedule
 
-# bd3lms' default lower clip; a lower bound at (or below) it means "no lower bound" (§5.4).
+# bd3lms' default lower clip; a lower bound at (or below) it means "no lower bound".
 DEFAULT_CLIP_MIN = 1e-3
 # Slack for k/B window tests: 0.3 * 10 is 3.0000001 in float32 and must still count as 3.
 _COUNT_TOL = 1e-5
@@ -28,7 +28,8 @@ def sample_t(rng, batch: int, num_blocks: int, *, antithetic: bool, eps_min, eps
   Rules (kuleshov-group/bd3lms diffusion.py ``_sample_t``; arXiv 2503.09573):
   antithetic strata ``t_j = (u_j + j) / N`` with ``N = batch·num_blocks`` in row-major
   (sequence, block) order (``N = batch`` without ``per_block_t``, as in mdlm), then the clip
-  ``t ← ε_min + t(ε_max − ε_min)`` (§5.3); ``ε_min ≥ 1 and ε_max ≥ 1`` gives ``t ≡ 1``.
+  ``t ← ε_min + t(ε_max − ε_min)`` (BD3-LM's clipped schedule); ``ε_min ≥ 1 and ε_max ≥ 1``
+  gives ``t ≡ 1``.
 
   Args:
     rng: PRNG key.
@@ -57,14 +58,14 @@ def sample_t(rng, batch: int, num_blocks: int, *, antithetic: bool, eps_min, eps
 
 
 def clip_t(t, eps_min, eps_max):
-  """``t ← ε_min + t(ε_max − ε_min)``, and ``t ≡ 1`` when both bounds are ≥ 1 (§5.3)."""
+  """``t ← ε_min + t(ε_max − ε_min)``, and ``t ≡ 1`` when both bounds are ≥ 1 (BD3-LM clipping)."""
   clipped = eps_min + t * (eps_max - eps_min)
   all_masked = jnp.logical_and(jnp.asarray(eps_min) >= 1, jnp.asarray(eps_max) >= 1)
   return jnp.where(all_masked, jnp.ones_like(t), clipped).astype(jnp.float32)
 
 
 def resample_enforcement(eps_min, eps_max):
-  """(enforce_lower, enforce_upper) for resampling to the window (ε_min, ε_max) (§5.4).
+  """(enforce_lower, enforce_upper) for resampling to the window (ε_min, ε_max).
 
   bd3lms ``_resample_q_xt`` skips the lower bound when ε_min is its 1e-3 default and the upper
   one when ε_max = 1, by exact float equality, which breaks once a searched bound has passed
@@ -77,7 +78,7 @@ def resample_enforcement(eps_min, eps_max):
 
 
 def count_bounds(num_eligible, eps_min, eps_max, enforce_lower, enforce_upper):
-  """Inclusive masked-count range [k_lo, k_hi] with ε_min ≤ k/n_e ≤ ε_max (§5.4).
+  """Inclusive masked-count range [k_lo, k_hi] with ε_min ≤ k/n_e ≤ ε_max.
 
   Args:
     num_eligible: eligible tokens per block (array or int), the "B" of the window test.
@@ -97,7 +98,7 @@ def check_clip_window(block_size: int, eps_min: float, eps_max: float, enforce_l
                       enforce_upper=None):
   """Raises if resampling to (ε_min, ε_max) has no achievable masked fraction k/B.
 
-  The bd3lms rejection loop never terminates on such windows (§5.4 edge cases); bdiff rejects
+  The bd3lms rejection loop never terminates on such windows; bdiff rejects
   them at config time, and a clip search should drop them before evaluating. Enforcement flags
   default to ``resample_enforcement``.
   """
@@ -138,7 +139,7 @@ def per_token(values_per_block, block_size: int, blocks=None):
 def mask_tokens(rng, x0, t_blocks, block_size: int, mask_id: int, schedule: Schedule, *,
                 eligible=None, resample: bool = False, eps_min=DEFAULT_CLIP_MIN, eps_max=1.0,
                 enforce_lower=False, enforce_upper=False, blocks=None):
-  """Absorbing-state corruption: each eligible token becomes MASK w.p. μ(t of its block) (§4.1).
+  """Absorbing-state corruption: each eligible token becomes MASK w.p. μ(t of its block).
 
   Masks where ``u < μ`` (LLaDA / Fast-dLLM v2 / SDAR; bd3lms uses ``≤``, equal in law). Blocks
   with ``t ≥ 1`` are fully masked (t = 1 is the end of the process even where the schedule
@@ -202,7 +203,7 @@ def _binomial_logpmf(k, n, p):
 
 
 def _window_mask(rng, mu, eligible, eps_min, eps_max, enforce_lower, enforce_upper):
-  """Fixed-shape exact equivalent of bd3lms' resample-until-in-window loop (§5.4 [derived]).
+  """Fixed-shape exact equivalent of bd3lms' resample-until-in-window loop (derived here).
 
   Conditioning i.i.d. Bernoulli(μ) over the ``n_e`` eligible tokens of a block on the count
   lying in [k_lo, k_hi] gives (a) a Binomial(n_e, μ) count truncated to that range and (b) a
@@ -238,7 +239,7 @@ def _window_mask(rng, mu, eligible, eps_min, eps_max, enforce_lower, enforce_upp
 
 
 def complementary_mask(masked, eligible=None):
-  """Fast-dLLM v2 complementary copy: mask exactly the eligible tokens the first copy kept (§7).
+  """Fast-dLLM v2 complementary copy: mask exactly the eligible tokens the first copy kept.
 
   With the original, every eligible token is supervised exactly once per pair
   (NVlabs/Fast-dLLM v2/README.md; arXiv 2509.26328).

@@ -1,4 +1,7 @@
-"""SUBS cross-entropy, weights, reductions, token shift, aux AR loss, metrics (§6, §7, §9, §10).
+"""SUBS cross-entropy, weights, reductions, token shift, aux AR loss and NELBO metrics.
+
+SUBS and the ELBO weights follow MDLM (arXiv 2406.07524) and BD3-LM (arXiv 2503.09573); the
+other options are cited where they are defined.
 
 All functions are pure ``jnp`` on fixed shapes. Shapes: ``b`` batch, ``n`` length, ``V`` real
 (non-MASK) vocabulary size.
@@ -19,7 +22,7 @@ NUM_T_BUCKETS = 4
 
 
 def masked_cross_entropy(logits, targets, loss_mask):
-  """Per-token SUBS cross-entropy, zero wherever ``loss_mask`` is False (§6.1).
+  """Per-token SUBS cross-entropy, zero wherever ``loss_mask`` is False.
 
   SUBS (kuleshov-group/mdlm & bd3lms ``_subs_parameterization``) gives unmasked positions a
   point mass on their input, i.e. exactly zero loss, so the cross-entropy is computed at masked
@@ -44,16 +47,16 @@ def masked_cross_entropy(logits, targets, loss_mask):
 
 
 def shift_logits(logits):
-  """Token shift (Fast-dLLM v2, §7): the target at position i is read from output i − 1.
+  """Token shift (Fast-dLLM v2, arXiv 2509.26328): target i is read from output i − 1.
 
   Returns ``z'`` with ``z'[i] = z[i−1]`` and ``z'[0] = z[0]``, the same right shift the
   sampler applies within a block. Position 0 has no predictor, so callers never supervise it
   (the objective makes it ineligible for masking).
 
-  Caveat [derived, §7]: the first token of block b is then predicted from the *noisy* last
+  Caveat (derived here): the first token of block b is then predicted from the *noisy* last
   token of block b−1, while at inference that token comes from the clean commit pass of block
   b−1. Kept for Fast-dLLM v2 checkpoint compatibility; new models can supervise block-initial
-  tokens from the clean stream with the auxiliary AR loss (§9).
+  tokens from the clean stream with the auxiliary AR loss.
 
   Args:
     logits: [b, n, V].
@@ -65,11 +68,11 @@ def shift_logits(logits):
 
 
 def loss_weights(weighting: str, schedule: Schedule, t, *, complement: bool = False):
-  """Per-token loss weight from each token's diffusion time (§6.2).
+  """Per-token loss weight from each token's diffusion time.
 
   ``elbo``: w(t) = −α'/(1−α) (BD3-LM, MDLM, MD4); ``inv_p``: 1/μ(t) of the configured
   schedule, which with ``linear_floor`` is LLaDA/SDAR's weight; ``none``: 1 (Fast-dLLM v2);
-  ``unit_all_masked``: 1, meant for t ≡ 1 (BD3-LM's AR-equivalent setting, §5.3).
+  ``unit_all_masked``: 1, meant for t ≡ 1 (BD3-LM's AR-equivalent setting).
 
   Args:
     weighting: one of ``WEIGHTINGS``.
@@ -96,7 +99,7 @@ def loss_weights(weighting: str, schedule: Schedule, t, *, complement: bool = Fa
 
 
 def reduce_loss(term, reduction: str, *, valid, loss_mask, eligible):
-  """Reduces per-token weighted terms (zero off ``loss_mask``) to a scalar (§6.3).
+  """Reduces per-token weighted terms (zero off ``loss_mask``) to a scalar.
 
   ``token_mean``: Σ term / Σ valid (BD3-LM/MDLM); ``labelled_mean``: Σ term / Σ loss_mask
   (Fast-dLLM v2); ``answer_tokens``: Σ term / Σ eligible (SDAR); ``sequence_sum``: mean over
@@ -127,7 +130,7 @@ def reduce_loss(term, reduction: str, *, valid, loss_mask, eligible):
 
 
 def autoregressive_loss(clean_logits, x0, valid):
-  """Auxiliary next-token loss on the clean stream (NBDiff-style adaptation, §9).
+  """Auxiliary next-token loss on the clean stream (NBDiff-style adaptation).
 
   Under the context-causal training mask the clean stream is the original AR computation, so
   its output at position ℓ predicts ``x0[ℓ+1]`` (arXiv 2512.06776; weight and normalisation are
@@ -170,7 +173,7 @@ def t_bucket_losses(ce, loss_mask, t, num_buckets: int = NUM_T_BUCKETS) -> dict:
 
 
 def summarize_nelbo(nll_sum, count) -> dict:
-  """NELBO summary from aggregated sums (§10.1; bd3lms ``metrics.py``).
+  """NELBO summary from aggregated sums (bd3lms ``metrics.py``).
 
   Args:
     nll_sum: total weighted NLL (nats) over all evaluated tokens, summed over batches/hosts.

@@ -1,4 +1,4 @@
-"""The block diffusion training objective and NELBO evaluation (block_diffusion.md §2-§10).
+"""The block diffusion training objective and NELBO evaluation (BD3-LM, arXiv 2503.09573).
 
 Model-agnostic: the trainer supplies the two-stream forward as a ``logits_fn``::
 
@@ -7,7 +7,7 @@ Model-agnostic: the trainer supplies the two-stream forward as a ``logits_fn``::
 
 called with the keyword ``want_clean`` (True only when the auxiliary AR loss needs the clean
 stream) and, when ``time_conditioning`` is on, the keyword ``t`` ([b, n] float32 per-token
-diffusion time). It builds ``[x_t ; x_0]`` with the BD3 mask (§3). The MASK id defaults to V
+diffusion time). It builds ``[x_t ; x_0]`` with the BD3 two-stream mask. The MASK id defaults to V
 (the head's output width, read with ``jax.eval_shape``, so no extra compute).
 
 One code path covers the family: ``block_size = 1`` with t ≡ 1 (clip 1, 1) and unit weights is
@@ -33,7 +33,7 @@ _BOOL_KEYS = ("per_block_t", "antithetic", "resample", "token_shift", "complemen
 
 
 def default_diffusion_config() -> ml_collections.ConfigDict:
-  """The ``diffusion`` config section with bdiff defaults (BD3-LM recipe, §4.2, §5, §6.5)."""
+  """The ``diffusion`` config section with bdiff defaults (BD3-LM recipe, kuleshov-group/bd3lms)."""
   return ml_collections.ConfigDict(dict(
       block_size=16,  # B; B = 1 is AR, B = seq_len is MDLM.
       schedule="loglinear",  # see schedules.SCHEDULE_NAMES
@@ -41,16 +41,16 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
       weighting="elbo",  # losses.WEIGHTINGS
       reduction="token_mean",  # losses.REDUCTIONS
       per_block_t=True,  # one t per (sequence, block) as BD3-LM; False: per sequence
-      antithetic=True,  # strata over the GLOBAL batch (§5.2 [bdiff])
-      clip_min=1e-3,  # clip window (ε_min, ε_max) of t (§5.3); (1, 1) means t ≡ 1
+      antithetic=True,  # strata over the GLOBAL batch (a bdiff choice)
+      clip_min=1e-3,  # clip window (ε_min, ε_max) of t; (1, 1) means t ≡ 1
       clip_max=1.0,
-      resample=False,  # condition block mask counts on the clip window (§5.4)
-      token_shift=False,  # Fast-dLLM v2: target i read from output i−1 (§7)
-      complementary_mask=False,  # Fast-dLLM v2: add the complementary copy (§7)
+      resample=False,  # condition block mask counts on the clip window (bd3lms resample)
+      token_shift=False,  # Fast-dLLM v2: target i read from output i−1
+      complementary_mask=False,  # Fast-dLLM v2: add the complementary copy
       ignore_bos=False,  # never mask token 0; excluded from the NELBO token count
-      aux_ar_weight=0.0,  # λ of the clean-stream next-token loss (§9)
+      aux_ar_weight=0.0,  # λ of the clean-stream next-token loss (NBDiff-style)
       context_causal=False,  # NBDiff token-causal clean stream (read by the model)
-      time_conditioning=False,  # pass t to logits_fn (MD4); off for BD3-LM (§6.4)
+      time_conditioning=False,  # pass t to logits_fn (MD4); off for BD3-LM
   ))
 
 
@@ -162,7 +162,7 @@ def _score(logits_fn, x0, rng, plan: _Plan, clip, valid, eligible, mask_id,
   t_blocks = corruption.sample_t(t_rng, b, n // bs, antithetic=plan.antithetic,
                                  eps_min=eps_min, eps_max=eps_max, per_block_t=plan.per_block_t)
   lower, upper = corruption.resample_enforcement(eps_min, eps_max)
-  if mask_id is None:  # the head width: MASK = V (§6.1); eval_shape traces, never computes
+  if mask_id is None:  # the head width: MASK = V; eval_shape traces, never computes
     mask_id = jax.eval_shape(
         lambda a: _call(logits_fn, a, a, plan, jnp.zeros(a.shape, jnp.float32), False)[0],
         x0).shape[-1]
@@ -173,7 +173,7 @@ def _score(logits_fn, x0, rng, plan: _Plan, clip, valid, eligible, mask_id,
       enforce_upper=upper, blocks=blocks)
   t = corruption.per_token(t_blocks, bs, blocks)  # [b, n]
   weight = losses.loss_weights(plan.weighting, plan.schedule, t)
-  if plan.complementary:  # one forward over the doubled batch (Fast-dLLM v2, §7)
+  if plan.complementary:  # one forward over the doubled batch (Fast-dLLM v2)
     masked_c = corruption.complementary_mask(masked, eligible)
     xt = jnp.concatenate([xt, corruption.apply_mask(x0, masked_c, mask_id)])
     masked = jnp.concatenate([masked, masked_c])
@@ -191,7 +191,7 @@ def _score(logits_fn, x0, rng, plan: _Plan, clip, valid, eligible, mask_id,
 
 def training_loss(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, eligible=None,
                   mask_id: int | None = None, clip=None, positions=None):
-  """The diffusion training loss of one batch (§2) and its metrics.
+  """The diffusion training loss of one batch and its metrics (see docs/training.md).
 
   Args:
     logits_fn: two-stream forward (module docstring).
@@ -244,7 +244,7 @@ def training_loss(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, eligible=Non
 
 def nelbo(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, scored=None,
           mask_id: int | None = None, positions=None) -> dict:
-  """One-draw NELBO sums for held-out evaluation (§10.1; bd3lms ``_check_val_sampling_intvl``).
+  """One-draw NELBO sums for held-out evaluation (bd3lms ``_check_val_sampling_intvl``).
 
   Always the unclipped window t ∈ [1e-3, 1] with ELBO weights and antithetic strata, no
   resampling, no complementary copy; for ``block_size = 1``, t ≡ 1 with unit weight, i.e. the

@@ -1,4 +1,4 @@
-"""Masking noise schedules of the absorbing-state forward process (block_diffusion.md §4.2).
+"""Masking noise schedules of the absorbing-state forward process.
 
 A schedule maps diffusion time ``t ∈ [0, 1]`` (0 clean, 1 fully masked) to the masking
 probability ``μ(t)`` ("move chance"), the keep probability ``α(t) = 1 − μ(t)`` and the ELBO
@@ -118,7 +118,7 @@ class Schedule:
 
   Attributes:
     name: one of ``SCHEDULE_NAMES`` (``poly_<k>`` stands for e.g. ``poly_2``).
-    eps: the schedule's ε (its meaning per schedule is in block_diffusion.md §4.2).
+    eps: the schedule's ε (its meaning per schedule is in the comment of its formula).
     power: exponent of ``poly_<k>`` / ``square`` / ``sqrt``; 1 elsewhere.
   """
   name: str
