@@ -1,9 +1,10 @@
 """Task evaluation: decode the synthetic task suite and score exact answers (``bdiff eval``).
 
-For each task (decoding.md §4, ``bdiff.data.tasks``): ``eval.num_examples`` examples drawn with
-``eval.seed``, decoded with the configured ``sample.*`` strategy in batches of
-``eval.batch_size``, scored leniently and strictly. Reported per task: accuracy (lenient and
-strict, %), tokens per forward (generated tokens / (denoising + commit forwards), summed over
+For each task (``bdiff.data.tasks``, after ParallelBench, arXiv 2510.04767): ``eval.num_examples``
+examples drawn with ``eval.seed``, decoded with the configured ``sample.*`` strategy in batches
+of ``eval.batch_size``, scored leniently and strictly. Reported per task: the number of examples
+``n``, accuracy (lenient, %) with its Wilson 95 % interval (``bdiff.eval.stats``), strict
+accuracy, tokens per forward (generated tokens / (denoising + commit forwards), summed over
 rows) and tokens per second (generated tokens / decode wall time, compilation excluded).
 """
 from __future__ import annotations
@@ -16,35 +17,55 @@ from typing import Sequence
 from bdiff import runs as run_lib
 from bdiff.data import tasks as tasks_lib
 from bdiff.data.pipeline import task_names
+from bdiff.eval import stats
 
 log = logging.getLogger("bdiff")
 
-COLUMNS = (("task", "{}"), ("n", "{}"), ("accuracy", "{:.1f}"), ("strict", "{:.1f}"),
-           ("tok/fwd", "{:.2f}"), ("tok/s", "{:.1f}"), ("nfe", "{:.1f}"))
+COLUMNS = (("task", "{}"), ("n", "{}"), ("accuracy", "{:.1f}"), ("ci95", "{}"),
+           ("strict", "{:.1f}"), ("tok/fwd", "{:.2f}"), ("tok/s", "{:.1f}"), ("nfe", "{:.1f}"))
+
+
+def _summary(name: str, correct: int, strict: int, n: int, tokens: int, forwards: int,
+             seconds: float) -> dict:
+  return {"task": name, **stats.accuracy_summary(correct, n),
+          "strict": 100.0 * strict / n, "strict_correct": strict,
+          "tok/fwd": tokens / max(forwards, 1), "tok/s": tokens / max(seconds, 1e-9),
+          "nfe": forwards / n, "tokens": tokens, "forwards": forwards, "seconds": seconds}
 
 
 def evaluate_task(sampler: run_lib.Sampler, task: str, num_examples: int, seed: int,
-                  batch_size: int) -> dict:
+                  batch_size: int, *, progress: bool = False) -> dict:
   """Decode and score ``num_examples`` examples of one task; returns its summary row."""
+  if num_examples <= 0:
+    raise ValueError(f"eval.num_examples must be positive, got {num_examples}")
   task_obj = tasks_lib.get_task(task)
   examples = tasks_lib.make_examples(task_obj, num_examples, seed)
-  records = sampler.sample([ex.prompt for ex in examples], batch_size=batch_size)
-  lenient = [task_obj.score(ex, r["text"]) for ex, r in zip(examples, records)]
-  strict = [task_obj.score(ex, r["text"], strict=True) for ex, r in zip(examples, records)]
-  tokens = sum(r["num_tokens"] for r in records)
-  forwards = sum(r["num_forwards"] for r in records)
-  seconds = run_lib.batch_seconds(records, batch_size)
-  n = max(len(records), 1)
-  return {"task": task_obj.name, "n": len(records), "accuracy": 100.0 * sum(lenient) / n,
-          "strict": 100.0 * sum(strict) / n, "tok/fwd": tokens / max(forwards, 1),
-          "tok/s": tokens / max(seconds, 1e-9), "nfe": forwards / n, "tokens": tokens,
-          "seconds": seconds}
+  records = sampler.sample([ex.prompt for ex in examples], batch_size=batch_size,
+                           progress=progress)
+  lenient = sum(task_obj.score(ex, r["text"]) for ex, r in zip(examples, records))
+  strict = sum(task_obj.score(ex, r["text"], strict=True) for ex, r in zip(examples, records))
+  return _summary(task_obj.name, lenient, strict, len(records),
+                  tokens=sum(r["num_tokens"] for r in records),
+                  forwards=sum(r["num_forwards"] for r in records),
+                  seconds=run_lib.batch_seconds(records, batch_size))
 
 
 def evaluate(sampler: run_lib.Sampler, tasks: Sequence[str], num_examples: int, seed: int,
-             batch_size: int) -> list[dict]:
+             batch_size: int, *, progress: bool = False) -> list[dict]:
   """:func:`evaluate_task` for every task, in order."""
-  return [evaluate_task(sampler, t, num_examples, seed, batch_size) for t in tasks]
+  return [evaluate_task(sampler, t, num_examples, seed, batch_size, progress=progress)
+          for t in tasks]
+
+
+def pool(rows: Sequence[dict], name: str = "all") -> dict:
+  """One summary row over several tasks' rows: counts are summed, so accuracy is pooled over
+  every example (its interval uses the total ``n``), and tokens/forward is total tokens over
+  total forwards."""
+  if not rows:
+    raise ValueError("pool: no rows")
+  total = lambda key: sum(r[key] for r in rows)  # noqa: E731
+  return _summary(name, total("correct"), total("strict_correct"), total("n"),
+                  total("tokens"), total("forwards"), total("seconds"))
 
 
 def format_table(rows: Sequence[dict], columns=COLUMNS) -> str:
@@ -65,10 +86,11 @@ def main(cfg, workdir: str, tasks: str | None = None) -> list[dict]:
   sampler = run_lib.Sampler.from_run(workdir, cfg)
   names = task_names(tasks or sampler.cfg.eval.tasks)
   e = sampler.cfg.eval
-  rows = evaluate(sampler, names, e.num_examples, e.seed, e.batch_size)
-  print(format_table(rows))
+  rows = evaluate(sampler, names, e.num_examples, e.seed, e.batch_size, progress=True)
+  print(format_table(rows + [pool(rows)] if len(rows) > 1 else rows))
   print(f"strategy={sampler.config.strategy.name} block={sampler.config.block_size} "
-        f"compile {sampler.compile_seconds:.1f}s (excluded)")
+        f"compile {sampler.compile_seconds:.1f}s (excluded); ci95 = Wilson 95 % interval "
+        f"of the accuracy over n examples")
   with open(os.path.join(workdir, "eval_tasks.jsonl"), "a", encoding="utf-8") as f:
     for row in rows:
       f.write(json.dumps({**row, "sample": sampler.cfg.sample.to_dict()}) + "\n")

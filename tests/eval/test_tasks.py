@@ -10,7 +10,7 @@ import pytest
 
 from bdiff.config import base_config
 from bdiff.data import ByteTokenizer
-from bdiff.eval import speed_bench
+from bdiff.eval import speed_bench, stats
 from bdiff.eval import tasks as eval_tasks
 from bdiff import runs as run
 
@@ -58,8 +58,11 @@ def test_eval_prints_a_table_per_task(workdir, capsys):
   assert [r["task"] for r in rows] == ["copy", "sort"]
   for r in rows:
     assert r["n"] == 4 and 0 <= r["accuracy"] <= 100 and r["tok/fwd"] > 0 and r["tok/s"] > 0
+    lo, hi = (float(x) for x in r["ci95"].strip("[]").split(","))
+    assert lo <= r["accuracy"] <= hi
   table = capsys.readouterr().out
-  assert "| copy |" in table and "tok/s" in table
+  assert "| copy | 4 |" in table and "tok/s" in table and "| ci95 |" in table
+  assert "| all | 8 |" in table  # pooled row over both tasks
   logged = [json.loads(x) for x in open(f"{workdir}/eval_tasks.jsonl", encoding="utf-8")]
   assert [x["task"] for x in logged] == ["copy", "sort"]
   assert logged[0]["sample"]["strategy"] == "threshold"
@@ -74,6 +77,15 @@ def test_correct_answers_score_full_marks(params):
 
   row = eval_tasks.evaluate_task(Oracle(tiny_cfg(), params, ByteTokenizer()), "sort", 4, 1, 4)
   assert row["accuracy"] == 100.0 and row["strict"] == 100.0
+
+
+def test_pool_sums_counts_and_recomputes_the_interval():
+  rows = [eval_tasks._summary("a", 3, 2, 4, tokens=12, forwards=6, seconds=1.0),
+          eval_tasks._summary("b", 1, 1, 4, tokens=8, forwards=4, seconds=1.0)]
+  pooled = eval_tasks.pool(rows)
+  assert pooled["n"] == 8 and pooled["correct"] == 4 and pooled["accuracy"] == 50.0
+  assert pooled["strict"] == 37.5 and pooled["tok/fwd"] == 2.0 and pooled["nfe"] == 1.25
+  assert pooled["ci95"] == stats.accuracy_summary(4, 8)["ci95"]
 
 
 def test_bench_reports_overhead(workdir, capsys):
