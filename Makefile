@@ -16,7 +16,7 @@ $(STAMP): setup.py constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) experiments/demo.py
+	$(PY) -m experiments.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15 tests

@@ -17,8 +17,9 @@ def get_config(arg: str | None = None):
   cfg.model.update(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384,
                    dtype="float32")
   cfg.diffusion.block_size = 8
-  # SFT layout (LLaDA, block_diffusion.md §6.3): one example per row, right-padded with EOS;
-  # prompts are never noised, answers and their padding are, so the model learns to stop.
+  # SFT layout (LLaDA, Nie et al., arXiv 2502.09992, Sec. 2.3): one example per row,
+  # right-padded with EOS; prompts are never noised, answers and their padding are, so the
+  # model learns to stop.
   cfg.data.update(source="tasks", tasks="copy,reverse,sort", num_task_examples=20000,
                   answer_only=True)
   cfg.train.update(steps=2000, global_batch=32, seq_len=48, log_every=100, eval_batches=4,

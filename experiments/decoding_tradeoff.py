@@ -1,11 +1,14 @@
-"""Accuracy vs parallelism for every decoding strategy on a trained run (decoding.md §4.2, §4.8).
+"""Accuracy vs parallelism for every decoding strategy on a trained run.
 
-  python experiments/decoding_tradeoff.py --workdir runs/tasks --out results/tradeoff.md
+  python -m experiments.decoding_tradeoff --workdir runs/tasks --out docs/tradeoff.md
 
 For each strategy in ``SWEEPS`` and each setting of its knobs, decodes the synthetic task suite
 (``--tasks``, default the run's ``eval.tasks``) greedily and records mean accuracy (lenient and
 strict), tokens per forward and tokens/s (compile excluded). Writes a markdown table, a
-two-panel plot (``--out`` with ``.png``) and prints the table. ``--quick`` runs one or two
+two-panel plot (``--out`` with ``.png``) and prints the table. Accuracy is pooled over every
+decoded example (``n`` = tasks x examples) with its Wilson 95 % interval. The grids follow the
+knob ranges of the strategies' papers (Fast-dLLM arXiv 2505.22618, LLaDA arXiv 2502.09992,
+EB-sampler arXiv 2505.24857, ...), trimmed to a few points each. ``--quick`` runs one or two
 settings per strategy. Expected time on 2 CPU cores for ``configs/tasks.py`` with the default
 64 examples per task: ~10 s per setting plus ~4 s compile per setting.
 """
@@ -16,18 +19,16 @@ import datetime
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bdiff.data.pipeline import task_names  # noqa: E402
-from bdiff.eval import speed_bench  # noqa: E402
-from bdiff.eval import tasks as eval_tasks  # noqa: E402
-from bdiff.sampling import STRATEGIES, Sampler  # noqa: E402
-from bdiff.sampling.config import UNSUPPORTED_STRATEGIES  # noqa: E402
-from bdiff.train.loop import restore_params  # noqa: E402
+import bdiff
+from bdiff.data import task_names
+from bdiff.eval import speed_bench
+from bdiff.eval import tasks as eval_tasks
+from bdiff.sampling import STRATEGIES
+from bdiff.sampling.config import UNSUPPORTED_STRATEGIES
 
 
 def sweeps(block: int) -> dict[str, list[dict]]:
-  """Knob settings per strategy (§4.2 grids, trimmed); ``steps`` are per block."""
+  """Knob settings per strategy (a few points of each paper's range); ``steps`` are per block."""
   steps = sorted({max(block // d, 1) for d in (1, 2, 4)}, reverse=True)
   return {
       "ar": [{}],
@@ -55,16 +56,11 @@ def sweeps(block: int) -> dict[str, list[dict]]:
 def run_setting(cfg, params, tokenizer, tasks, strategy: str, knobs: dict) -> dict:
   cfg = cfg.copy_and_resolve_references()
   cfg.sample.update(strategy=strategy, temperature=0.0, **knobs)
-  sampler = Sampler(cfg, params, tokenizer)
+  sampler = bdiff.Sampler(cfg, params, tokenizer)
   e = cfg.eval
   rows = eval_tasks.evaluate(sampler, tasks, e.num_examples, e.seed, e.batch_size)
-  tokens = sum(r["tokens"] for r in rows)
-  seconds = sum(r["seconds"] for r in rows)
-  forwards = sum(r["nfe"] * r["n"] for r in rows)
-  mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-  return {"strategy": strategy, "knobs": ", ".join(f"{k}={v}" for k, v in knobs.items()) or "-",
-          "accuracy": mean("accuracy"), "strict": mean("strict"),
-          "tok/fwd": tokens / max(forwards, 1), "tok/s": tokens / max(seconds, 1e-9),
+  return {**eval_tasks.pool(rows), "strategy": strategy,
+          "knobs": ", ".join(f"{k}={v}" for k, v in knobs.items()) or "-",
           "compile s": sampler.compile_seconds,
           **{f"acc:{r['task']}": r["accuracy"] for r in rows}}
 
@@ -92,16 +88,20 @@ def plot(rows: list[dict], path: str) -> None:
   plt.close(fig)
 
 
-def markdown(rows, cfg, tasks, png: str) -> str:
-  cols = (("strategy", "{}"), ("knobs", "{}"), ("accuracy", "{:.1f}"), ("strict", "{:.1f}"),
-          ("tok/fwd", "{:.2f}"), ("tok/s", "{:.1f}"))
+def markdown(rows, cfg, tasks, png: str, command: str) -> str:
+  cols = (("strategy", "{}"), ("knobs", "{}"), ("n", "{}"), ("accuracy", "{:.1f}"),
+          ("ci95", "{}"), ("strict", "{:.1f}"), ("tok/fwd", "{:.2f}"), ("tok/s", "{:.1f}"))
   return "\n".join([
       f"### Decoding trade-off: {cfg.name}, block {cfg.diffusion.block_size}",
       "",
-      f"{datetime.date.today().isoformat()} on {speed_bench.machine()}. Tasks: "
+      f"Command: `{command}`",
+      "",
+      f"{datetime.date.today().isoformat()} on {speed_bench.machine()} (shared with other "
+      "jobs: tokens/s are pessimistic; accuracy and tokens/forward are deterministic). Tasks: "
       f"{', '.join(tasks)} ({cfg.eval.num_examples} examples each, greedy, "
       f"max_new_tokens={cfg.sample.max_new_tokens}, commit={cfg.sample.commit}). "
-      "Accuracy = mean over tasks (%); "
+      "Accuracy (%) is pooled over the n decoded examples of all tasks, ci95 its Wilson 95 % "
+      "interval (where two settings' intervals overlap, this n does not show that they differ); "
       "tokens/forward counts denoising and commit forwards; tokens/s excludes compilation.",
       "",
       eval_tasks.format_table(rows, cols),
@@ -121,7 +121,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--commit", default=None, choices=("separate", "fused"),
                       help="sample.commit for every setting (default: the run's)")
   args = parser.parse_args(argv)
-  cfg, params, tokenizer = restore_params(args.workdir)
+  cfg, params, tokenizer = bdiff.restore_params(args.workdir)
   if args.num_examples:
     cfg.eval.num_examples = args.num_examples
   if args.commit:
@@ -139,7 +139,9 @@ def main(argv=None) -> list[dict]:
   png = os.path.splitext(args.out)[0] + ".png"
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   plot(rows, png)
-  speed_bench.write_report(args.out, markdown(rows, cfg, tasks, png))
+  command = "python -m experiments.decoding_tradeoff " + " ".join(
+      sys.argv[1:] if argv is None else argv)
+  speed_bench.write_report(args.out, markdown(rows, cfg, tasks, png, command))
   return rows
 
 

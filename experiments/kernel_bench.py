@@ -1,16 +1,17 @@
 """Block-sparse attention benchmark: bdiff masks through every attention kernel available.
 
 Counted ("useful") TFLOP/s = 4·D·(allowed pairs)·B·H per forward, forward+backward counted as
-3.5× forward (kernels.md §11, §12.1); for the bdiff kernel also "tile" TFLOP/s over the
-computed tiles. Timing: median wall-clock of ``--iters`` jitted calls after one warm-up call,
-synchronised with ``block_until_ready`` (the §12 method).
+3.5× forward (the backward pass is 2.5× the forward's matmul FLOPs, the convention of
+FlashAttention-2, Dao, arXiv 2307.08691); for the bdiff kernel also "tile" TFLOP/s over the
+computed tiles. Timing: median wall-clock of ``--iters`` jitted calls after one warm-up call
+(compilation excluded), each synchronised with ``block_until_ready``.
 
 Kernels timed where they exist: the bdiff kernel (TPU; interpret mode only in ``--smoke``),
 cuDNN (GPU: ``is_causal`` for the causal mask, the explicit boolean mask for all), XLA (dense,
 up to ``--xla-max-len``), jax splash attention (TPU).
 
-  python experiments/kernel_bench.py --out docs/kernel_bench_h100.md   # GPU or TPU
-  python experiments/kernel_bench.py --smoke                           # CPU, < 30 s
+  python -m experiments.kernel_bench --out docs/kernel_bench_h100.md   # GPU or TPU
+  python -m experiments.kernel_bench --smoke                           # CPU, < 30 s
 
 Hardware: H100 / TPU for real numbers (minutes); any CPU for ``--smoke``.
 """
@@ -19,20 +20,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bdiff import attention, masks  # noqa: E402
-from pallas_kernels.block_sparse_attention import api  # noqa: E402
-from pallas_kernels.block_sparse_attention import plan as plan_lib  # noqa: E402
+from bdiff import attention, masks
+from pallas_kernels.block_sparse_attention import api
+from pallas_kernels.block_sparse_attention import plan as plan_lib
 
 MASK_NAMES = ("causal", "block_causal_4", "block_causal_16", "block_causal_64", "bd3_16",
               "topk")

@@ -1,6 +1,6 @@
 """Sampler speed: while-loop overhead, and AR vs block diffusion tokens/s at batch 1 and 64.
 
-  python experiments/sampler_speed.py --size small --out results/sampler_speed.md
+  python -m experiments.sampler_speed --size small --out results/sampler_speed.md
 
 (a) Loop overhead: ``generate`` wall time / (its forwards x the time of one loop forward of the
     same shape, measured in a compiled loop) for a few strategies.
@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bdiff.config import base_config  # noqa: E402
-from bdiff.eval import speed_bench  # noqa: E402
-from bdiff.eval.tasks import format_table  # noqa: E402
-from bdiff.sampling import SamplerConfig  # noqa: E402
+from bdiff.config import base_config
+from bdiff.eval import speed_bench
+from bdiff.eval.tasks import format_table
+from bdiff.sampling import SamplerConfig
 
 SIZES = {  # d_model, n_layers, n_heads, n_kv_heads, head_dim, mlp_dim
     "tiny": (64, 2, 4, 2, 16, 192),
