@@ -108,9 +108,9 @@ def _check_inputs(q, k, v, plan, backend: str) -> None:
     raise ValueError(f"plan batch dim {bp} must be 1 or batch={b}")
   if hp not in (1, hkv, h):
     raise ValueError(f"plan head dim {hp} must be 1, kv_heads={hkv} or heads={h}")
-  if backend == "tpu" and (plan.block_q % 8 or plan.block_k % 8):
-    raise ValueError(f"TPU tiles must be multiples of 8, got ({plan.block_q}, "
-                     f"{plan.block_k})")
+  if backend in ("tpu", "tpu_interpret") and (plan.block_q % 8 or plan.block_k % 8):
+    raise ValueError(f"TPU tiles (block_q, block_k) must be multiples of 8 (the sublane "
+                     f"count), got ({plan.block_q}, {plan.block_k})")
 
 
 def _checked_segments(segment_ids, b: int, lq: int, lk: int):

@@ -36,6 +36,10 @@ from jax.experimental.pallas import tpu as pltpu
 from pallas_kernels.block_sparse_attention import plan as plan_lib
 
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: exp(MASK - MASK) is 1, not NaN
+# TPU vector registers are 8 sublanes x 128 lanes. Per-row statistics (m, l, lse, di) are
+# kept lane-replicated ([rows, 128]) or sublane-replicated ([8, cols]) as in jax's splash
+# attention, so their tiles are whole registers for every tile size.
+NUM_LANES, NUM_SUBLANES = 128, 8
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _NN = (((1,), (0,)), ((), ()))  # a @ b
 
@@ -129,21 +133,29 @@ def _pad_seq(x, multiple: int, axis: int = 2):
 # Segment ids.
 
 
+def _tile_rows(x, block: int, sublanes: int = 1):
+  """[..., T] -> [..., T_pad // block, sublanes, block]: one row per tile, so a tile's block
+  spans the array's last two dims whole (Mosaic then accepts any ``block``, not only
+  multiples of 128), replicated over ``sublanes`` sublanes."""
+  x = _pad_seq(x, block, axis=x.ndim - 1)
+  x = x.reshape(x.shape[:-1] + (x.shape[-1] // block, 1, block))
+  return jnp.broadcast_to(x, x.shape[:-2] + (sublanes, block)) if sublanes > 1 else x
+
+
 def _segment_arrays(segment_ids, bq: int, bk: int, transposed: bool = False):
-  """Padded int32 segment ids laid out for tile loads: (q column [b, Tq, 1], kv row
-  [b, 1, Tk]), or (kv column [b, Tk, 1], q row [b, 1, Tq]) for the transposed dK/dV pass;
-  () without segments.
+  """Padded int32 segment ids laid out for tile loads: (q column [b, Tq, 1], kv rows
+  [b, nk, 1, bk]), or (kv column [b, Tk, 1], q rows [b, nq, 1, bq]) for the transposed
+  dK/dV pass; () without segments.
 
   The padding value does not matter: padded keys are masked by the plan's length predicate
   (their tiles are never FULL) and padded query rows are dropped (zero dout in backward).
   """
   if segment_ids is None:
     return ()
-  q_seg, kv_seg = (_pad_seq(x.astype(jnp.int32), m, axis=1)
-                   for x, m in zip(segment_ids, (bq, bk)))
+  q_seg, kv_seg = (x.astype(jnp.int32) for x in segment_ids)
   if transposed:
-    return kv_seg[:, :, None], q_seg[:, None, :]
-  return q_seg[:, :, None], kv_seg[:, None, :]
+    return _pad_seq(kv_seg, bk, axis=1)[:, :, None], _tile_rows(q_seg, bq)
+  return _pad_seq(q_seg, bq, axis=1)[:, :, None], _tile_rows(kv_seg, bk)
 
 
 def _segment_specs(cfg: _Config, col_tile, row_tile, transposed: bool = False):
@@ -156,7 +168,7 @@ def _segment_specs(cfg: _Config, col_tile, row_tile, transposed: bool = False):
     return []
   rows, cols = (cfg.block_k, cfg.block_q) if transposed else (cfg.block_q, cfg.block_k)
   return [pl.BlockSpec((None, rows, 1), lambda *a: (a[0], col_tile(*a), 0)),
-          pl.BlockSpec((None, 1, cols), lambda *a: (a[0], 0, row_tile(*a)))]
+          pl.BlockSpec((None, None, 1, cols), lambda *a: (a[0], row_tile(*a), 0, 0))]
 
 
 def _split_segments(refs, cfg: _Config):
@@ -177,7 +189,8 @@ def _element_mask(cfg: _Config, seg_refs, full: bool, q_tile, k_tile, transposed
 
 
 def _fwd_specs(cfg: _Config, d: int):
-  """(q/out spec, row-statistic spec, kv spec, segment specs) on the forward grid."""
+  """(q/out spec, lane-replicated row-statistic spec, kv spec, segment specs) on the
+  forward grid."""
   g = cfg.group
 
   def q_map(b_, h_, i, j, *_):
@@ -190,7 +203,7 @@ def _fwd_specs(cfg: _Config, d: int):
     return b_, h_ // g, kv_tile(b_, h_, i, j, *refs), 0
 
   return (pl.BlockSpec((None, None, cfg.block_q, d), q_map),
-          pl.BlockSpec((None, None, cfg.block_q, 1), q_map),
+          pl.BlockSpec((None, None, cfg.block_q, NUM_LANES), q_map),
           pl.BlockSpec((None, None, cfg.block_k, d), kv_map),
           _segment_specs(cfg, lambda b_, h_, i, *_: i, kv_tile))
 
@@ -227,14 +240,14 @@ def _fwd_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Co
     allowed = _element_mask(cfg, seg_refs, full, i, kv_tile)
     if allowed is not None:
       s = jnp.where(allowed, s, MASK_VALUE)
-    m_prev = m_scr[...]
+    m_prev = m_scr[...]  # [bq, NUM_LANES], lane-replicated
     m_new = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
-    p = jnp.exp(s - m_new)
+    p = jnp.exp(s - m_new[:, :1])
     if allowed is not None:  # a row masked so far has m_new == MASK_VALUE: exp(0) = 1 there
       p = jnp.where(allowed, p, 0.0)
     alpha = jnp.exp(m_prev - m_new)
     l_scr[...] = alpha * l_scr[...] + jnp.sum(p, axis=1, keepdims=True)
-    acc_scr[...] = alpha * acc_scr[...] + jax.lax.dot_general(
+    acc_scr[...] = alpha[:, :1] * acc_scr[...] + jax.lax.dot_general(
         p.astype(v.dtype), v, _NN, preferred_element_type=jnp.float32)
     m_scr[...] = m_new
 
@@ -246,7 +259,8 @@ def _fwd_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Co
     l = l_scr[...]
     empty = l == 0.0
     safe_l = jnp.where(empty, 1.0, l)
-    o_ref[...] = jnp.where(empty, 0.0, acc_scr[...] / safe_l).astype(o_ref.dtype)
+    out = jnp.where(empty[:, :1], 0.0, acc_scr[...] / safe_l[:, :1])
+    o_ref[...] = out.astype(o_ref.dtype)
     lse_ref[...] = jnp.where(empty, -jnp.inf, m_scr[...] + jnp.log(safe_l))
 
 
@@ -275,13 +289,14 @@ def forward(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float, segment_ids=N
       grid=(b, h, cfg.num_q_tiles, cfg.kv_capacity),
       in_specs=[q_spec, kv_spec, kv_spec] + seg_specs,
       out_specs=[q_spec, row_spec],
-      scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
+      scratch_shapes=[pltpu.VMEM((bq, NUM_LANES), jnp.float32),
+                      pltpu.VMEM((bq, NUM_LANES), jnp.float32),
                       pltpu.VMEM((bq, d), jnp.float32)])
   out, lse = pl.pallas_call(
       functools.partial(_fwd_kernel, cfg=cfg),
       grid_spec=grid_spec,
       out_shape=[jax.ShapeDtypeStruct(qp.shape, q.dtype),
-                 jax.ShapeDtypeStruct(qp.shape[:3] + (1,), jnp.float32)],
+                 jax.ShapeDtypeStruct(qp.shape[:3] + (NUM_LANES,), jnp.float32)],
       name="bdiff_block_sparse_fwd",
       **_params(interpret, ("parallel", "parallel", "arbitrary", "arbitrary")),
   )(*_tables(plan)[:3], qp, kp, vp, *_segment_arrays(segment_ids, bq, bk))
@@ -303,12 +318,12 @@ def _dq_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Con
   def update(full: bool):
     q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
     s = jax.lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * cfg.scale
-    p = jnp.exp(s - lse_ref[...])
+    p = jnp.exp(s - lse_ref[:, :1])  # lse, di: [bq, NUM_LANES], lane-replicated
     allowed = _element_mask(cfg, seg_refs, full, i, kv_tile)
     if allowed is not None:  # masked elements, and rows with lse = -inf (never unmasked)
       p = jnp.where(allowed, p, 0.0)
     dp = jax.lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
-    ds = p * (dp - di_ref[...])
+    ds = p * (dp - di_ref[:, :1])
     dq_scr[...] += jax.lax.dot_general(
         ds.astype(k.dtype), k, _NN, preferred_element_type=jnp.float32)
 
@@ -322,7 +337,7 @@ def _dq_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Con
 
 def _dkv_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
   """Works on the transposed tile sT = k·qᵀ [bk, bq] (as splash does): only NN/NT matmuls,
-  with lse and di as lane-major rows [1, bq]."""
+  with lse and di as lane-major rows [NUM_SUBLANES, bq] (sublane-replicated)."""
   seg_refs, (do_ref, lse_ref, di_ref, dk_ref, dv_ref, dk_scr, dv_scr) = _split_segments(
       refs, cfg)
   b, hk, j, r, t = (pl.program_id(a) for a in range(5))
@@ -339,14 +354,14 @@ def _dkv_kernel(cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs, cfg: _Co
   def update(full: bool):
     q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
     s_t = jax.lax.dot_general(k, q, _NT, preferred_element_type=jnp.float32) * cfg.scale
-    p_t = jnp.exp(s_t - lse_ref[...])  # [bk, bq]
+    p_t = jnp.exp(s_t - lse_ref[:1, :])  # [bk, bq]
     allowed = _element_mask(cfg, seg_refs, full, idx_ref[slot], j, transposed=True)
     if allowed is not None:  # masked elements, and rows with lse = -inf (never unmasked)
       p_t = jnp.where(allowed, p_t, 0.0)
     dv_scr[...] += jax.lax.dot_general(p_t.astype(do.dtype), do, _NN,
                                        preferred_element_type=jnp.float32)
     dp_t = jax.lax.dot_general(v, do, _NT, preferred_element_type=jnp.float32)
-    ds_t = p_t * (dp_t - di_ref[...])
+    ds_t = p_t * (dp_t - di_ref[:1, :])
     dk_scr[...] += jax.lax.dot_general(ds_t.astype(q.dtype), q, _NN,
                                        preferred_element_type=jnp.float32)
 
@@ -372,20 +387,24 @@ def backward(q, k, v, out, lse, dout, dlse, plan: plan_lib.SparsityPlan, *, scal
   di = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), axis=-1) - dlse
   qp, dop = _pad_seq(q, bq), _pad_seq(dout.astype(q.dtype), bq)
   kp, vp = _pad_seq(k, bk), _pad_seq(v, bk)
-  lsep, dip = _pad_seq(lse[..., None], bq), _pad_seq(di[..., None], bq)  # [b, h, Tq, 1]
+  # Row statistics as columns [b, h, Tq, NUM_LANES] for dQ, as rows per query tile
+  # [b, h, nq, NUM_SUBLANES, bq] for dK/dV (whose tiles are transposed).
+  cols = [jnp.broadcast_to(_pad_seq(x[..., None], bq), qp.shape[:3] + (NUM_LANES,))
+          for x in (lse, di)]
+  rows = [_tile_rows(x, bq, NUM_SUBLANES) for x in (lse, di)]
   tables = _tables(plan)
   dq = _dq_pass(cfg, tables[:3], (qp, kp, vp), _segment_arrays(segment_ids, bq, bk),
-                (dop, lsep, dip), interpret)
+                (dop, *cols), interpret)
   dk, dv = _dkv_pass(cfg, tables[3:], (qp, kp, vp),
                      _segment_arrays(segment_ids, bq, bk, transposed=True),
-                     (dop, lsep.swapaxes(2, 3), dip.swapaxes(2, 3)), interpret)
+                     (dop, *rows), interpret)
   lq, lk = q.shape[2], k.shape[2]
   return dq[:, :, :lq], dk[:, :, :lk], dv[:, :, :lk]
 
 
 def _dq_pass(cfg: _Config, tables, qkv, segs, rows, interpret):
-  """dQ over the forward grid and lists; ``rows`` = (dout, lse, di), lse and di as columns
-  [b, h, Tq, 1]."""
+  """dQ over the forward grid and lists; ``rows`` = (dout, lse, di), lse and di as
+  lane-replicated columns [b, h, Tq, NUM_LANES]."""
   qp = qkv[0]
   b, h, _, d = qp.shape
   q_spec, row_spec, kv_spec, seg_specs = _fwd_specs(cfg, d)
@@ -402,9 +421,9 @@ def _dq_pass(cfg: _Config, tables, qkv, segs, rows, interpret):
 
 
 def _dkv_pass(cfg: _Config, tables, qkv, segs, rows, interpret):
-  """dK/dV over the transposed lists; ``rows`` = (dout, lse, di), lse and di as rows
-  [b, h, 1, Tq]. The group heads r and the query tiles t reduce into one output block,
-  written over consecutive steps."""
+  """dK/dV over the transposed lists; ``rows`` = (dout, lse, di), lse and di as
+  sublane-replicated rows per query tile [b, h, nq, NUM_SUBLANES, bq]. The group heads r and
+  the query tiles t reduce into one output block, written over consecutive steps."""
   kp, vp = qkv[1:]
   b, hkv, _, d = kp.shape
   bq, bk, g = cfg.block_q, cfg.block_k, cfg.group
@@ -416,13 +435,13 @@ def _dkv_pass(cfg: _Config, tables, qkv, segs, rows, interpret):
     return b_, hk * g + r, q_tile(b_, hk, j, r, t, *refs), 0
 
   def row_map(b_, hk, j, r, t, *refs):
-    return b_, hk * g + r, 0, q_tile(b_, hk, j, r, t, *refs)
+    return b_, hk * g + r, q_tile(b_, hk, j, r, t, *refs), 0, 0
 
   def kv_map(b_, hk, j, r, t, *_):
     return b_, hk, j, 0
 
   q_spec = pl.BlockSpec((None, None, bq, d), q_map)
-  row_spec = pl.BlockSpec((None, None, 1, bq), row_map)
+  row_spec = pl.BlockSpec((None, None, None, NUM_SUBLANES, bq), row_map)
   kv_spec = pl.BlockSpec((None, None, bk, d), kv_map)
   seg_specs = _segment_specs(cfg, lambda b_, hk, j, *_: j, q_tile, transposed=True)
   return pl.pallas_call(

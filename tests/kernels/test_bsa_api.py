@@ -76,7 +76,7 @@ def test_validation_errors_are_precise():
     bsa(q, k, v, plan, block_sizes=(16, 16))
   with pytest.raises(ValueError, match="BlockSizes.block_q must be"):
     api.BlockSizes(block_q=0)
-  with pytest.raises(ValueError, match="TPU tiles must be multiples of 8"):
+  with pytest.raises(ValueError, match=r"TPU tiles \(block_q, block_k\) must be multiples of 8"):
     bsa(q, k, v, api.plan_for_mask(mask, block_q=12, block_k=16), backend="tpu")
 
 
