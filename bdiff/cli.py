@@ -255,77 +255,7 @@ def cmd_export(args, overrides) -> None:
 # Flags and help.
 
 _OVERRIDE_HELP = "set one config key (to its type), repeatable: --config.sample.threshold=0.9"
-_PROMPTS_HELP = 'JSONL file, one {"prompt": "text"} per line (checked before the model loads)'
-
-
-def _add_train(sub) -> None:
-  p = _command(sub, "train", "train a model, or resume the run in --workdir",
-               "bdiff train --config configs/tiny.py --workdir runs/tiny "
-               "--config.train.steps=100")
-  p.add_argument("--config", required=True, metavar="FILE[:VARIANT]",
-                 help="config file, e.g. configs/tasks.py:block_size=8")
-  p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics)")
-  _add_override_help(p)
-
-
-def _add_run_command(sub, name: str, summary: str, example: str, overrides: bool = True,
-                     **flags) -> None:
-  """A command that reads a run: --workdir, its own ``flags`` (name -> add_argument
-  keywords), and (with ``overrides``) --config.* overrides of the run's saved config."""
-  p = _command(sub, name, summary, example)
-  p.add_argument("--workdir", required=True,
-                 help="a run directory (made by bdiff train or bdiff convert)")
-  for flag, kwargs in flags.items():
-    p.add_argument(f"--{flag}", **kwargs)
-  if overrides:
-    _add_override_help(p)
-
-
-def _add_run_commands(sub) -> None:
-  _add_run_command(
-      sub, "sample", "sample text for each prompt of a JSONL file",
-      "bdiff sample --workdir runs/tasks --prompts prompts.jsonl --out samples.jsonl "
-      "--config.sample.strategy=threshold",
-      prompts=dict(required=True, help=_PROMPTS_HELP),
-      out=dict(required=True, help="output JSONL, one record per prompt (directory created)"))
-  _add_run_command(
-      sub, "eval", "score the synthetic task suite (accuracy, tokens per forward)",
-      "bdiff eval --workdir runs/tasks --tasks copy,reverse",
-      tasks=dict(default=None, help="comma-separated task names (default: the run's eval.tasks)"))
-  _add_run_command(sub, "bench", "time the run's sampler at batch 1 and sample.batch_size",
-                   "bdiff bench --workdir runs/tasks")
-
-
-def _add_convert_commands(sub) -> None:
-  p = _command(sub, "convert", "make a run from a Hugging Face checkpoint (Llama, Qwen2, Qwen3)",
-               "bdiff convert --from_hf qwen3-0.6b/ --workdir runs/qwen3 "
-               "--config.sample.max_new_tokens=64")
-  p.add_argument("--from_hf", required=True, metavar="DIR",
-                 help="config.json, *.safetensors and tokenizer.json of the checkpoint")
-  p.add_argument("--workdir", required=True, help="the new run directory (no checkpoint yet)")
-  _add_override_help(p)
-  _add_run_command(
-      sub, "export", "write a run as a Hugging Face checkpoint directory",
-      "bdiff export --workdir runs/qwen3 --out qwen3-export/", overrides=False,
-      out=dict(required=True, metavar="DIR", help="output directory (created)"),
-      dtype=dict(default=None, choices=sorted(hf_export.NUMPY_DTYPES),
-                 help="tensor dtype (default: the imported checkpoint's, else float32)"),
-      overwrite=dict(action="store_true", help="write into a non-empty --out"))
-
-
-def _add_prepare(sub) -> None:
-  p = _command(sub, "prepare", "tokenize text/JSONL files into a token store for training",
-               "bdiff prepare --inputs 'corpus/*.jsonl' --out data/corpus --on_error=skip")
-  p.add_argument("--inputs", required=True, nargs="+", metavar="FILE",
-                 help="files or quoted globs: a text file is one document, a .jsonl line one")
-  p.add_argument("--out", required=True, help="output directory (renamed into place when done)")
-  p.add_argument("--tokenizer", default="bytes",
-                 help="'bytes' (default) or a Hugging Face tokenizer.json path")
-  p.add_argument("--text_field", default="text", help="JSONL field holding the text")
-  p.add_argument("--overwrite", action="store_true",
-                 help="replace a dataset already in --out")
-  p.add_argument("--on_error", choices=store.ON_ERROR, default="fail",
-                 help="bad line (not UTF-8/JSON/a text string): fail at file:line, or skip+count")
+_RUN = dict(required=True, help="a run directory (made by bdiff train or bdiff convert)")
 
 
 def _HelpFormatter(prog):  # pylint: disable=invalid-name
@@ -333,18 +263,66 @@ def _HelpFormatter(prog):  # pylint: disable=invalid-name
   return argparse.RawDescriptionHelpFormatter(prog, max_help_position=28, width=120)
 
 
-def _command(sub, name: str, summary: str, example: str) -> argparse.ArgumentParser:
-  p = sub.add_parser(name, help=summary, description=summary,
-                     epilog=f"example:\n  {example}",
-                     formatter_class=_HelpFormatter,
-                     allow_abbrev=False)
+def _add_command(sub, name: str, summary: str, example: str, overrides: bool = True,
+                 **flags) -> None:
+  """One command: its ``flags`` (name -> add_argument keywords, in help order), --verbose,
+  and (with ``overrides``) the --config.KEY=VALUE line."""
+  p = sub.add_parser(name, help=summary, description=summary, epilog=f"example:\n  {example}",
+                     formatter_class=_HelpFormatter, allow_abbrev=False)
+  for flag, kwargs in flags.items():
+    p.add_argument(f"--{flag}", **kwargs)
+  if overrides:
+    # split_overrides() takes these out before argparse sees them; this only documents them.
+    p.add_argument("--config.KEY", metavar="VALUE", dest="_override_help", help=_OVERRIDE_HELP)
   p.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
-  return p
 
 
-def _add_override_help(p) -> None:
-  # split_overrides() takes these out before argparse sees them; this only documents them.
-  p.add_argument("--config.KEY", metavar="VALUE", dest="_override_help", help=_OVERRIDE_HELP)
+def _add_commands(sub) -> None:
+  _add_command(
+      sub, "train", "train a model, or resume the run in --workdir",
+      "bdiff train --config configs/tiny.py --workdir runs/tiny --config.train.steps=100",
+      config=dict(required=True, metavar="FILE[:VARIANT]",
+                  help="config file, e.g. configs/tasks.py:block_size=8"),
+      workdir=dict(required=True, help="run directory (checkpoints, metrics)"))
+  _add_command(
+      sub, "sample", "sample text for each prompt of a JSONL file",
+      "bdiff sample --workdir runs/tasks --prompts prompts.jsonl --out samples.jsonl "
+      "--config.sample.strategy=threshold",
+      workdir=_RUN, prompts=dict(required=True, help='JSONL file, one {"prompt": "text"} per '
+                                 "line (checked before the model loads)"),
+      out=dict(required=True, help="output JSONL, one record per prompt (directory created)"))
+  _add_command(
+      sub, "eval", "score the synthetic task suite (accuracy, tokens per forward)",
+      "bdiff eval --workdir runs/tasks --tasks copy,reverse", workdir=_RUN,
+      tasks=dict(default=None, help="comma-separated task names (default: the run's eval.tasks)"))
+  _add_command(sub, "bench", "time the run's sampler at batch 1 and sample.batch_size",
+               "bdiff bench --workdir runs/tasks", workdir=_RUN)
+  _add_command(
+      sub, "prepare", "tokenize text/JSONL files into a token store for training",
+      "bdiff prepare --inputs 'corpus/*.jsonl' --out data/corpus --on_error=skip",
+      overrides=False,
+      inputs=dict(required=True, nargs="+", metavar="FILE",
+                  help="files or quoted globs: a text file is one document, a .jsonl line one"),
+      out=dict(required=True, help="output directory (renamed into place when done)"),
+      tokenizer=dict(default="bytes", help="'bytes' (default) or a Hugging Face tokenizer.json"),
+      text_field=dict(default="text", help="JSONL field holding the text"),
+      overwrite=dict(action="store_true", help="replace a dataset already in --out"),
+      on_error=dict(choices=store.ON_ERROR, default="fail", help="bad line (not UTF-8/JSON/a "
+                    "text string): fail at file:line, or skip+count"))
+  _add_command(
+      sub, "convert", "make a run from a Hugging Face checkpoint (Llama, Qwen2, Qwen3)",
+      "bdiff convert --from_hf qwen3-0.6b/ --workdir runs/qwen3 "
+      "--config.sample.max_new_tokens=64",
+      from_hf=dict(required=True, metavar="DIR",
+                   help="config.json, *.safetensors and tokenizer.json of the checkpoint"),
+      workdir=dict(required=True, help="the new run directory (no checkpoint yet)"))
+  _add_command(
+      sub, "export", "write a run as a Hugging Face checkpoint directory",
+      "bdiff export --workdir runs/qwen3 --out qwen3-export/", overrides=False, workdir=_RUN,
+      out=dict(required=True, metavar="DIR", help="output directory (created)"),
+      dtype=dict(default=None, choices=sorted(hf_export.NUMPY_DTYPES),
+                 help="tensor dtype (default: the imported checkpoint's, else float32)"),
+      overwrite=dict(action="store_true", help="write into a non-empty --out"))
 
 
 COMMANDS: dict[str, Callable] = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
@@ -358,10 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                    allow_abbrev=False)
   sub = parser.add_subparsers(dest="command", metavar="{" + "|".join(COMMANDS) + "}",
                               parser_class=_Parser)
-  _add_train(sub)
-  _add_run_commands(sub)
-  _add_prepare(sub)
-  _add_convert_commands(sub)
+  _add_commands(sub)
   return parser
 
 

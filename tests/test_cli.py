@@ -10,6 +10,8 @@ from bdiff import cli
 from bdiff.config import base_config
 from bdiff.data import store
 
+from cli_common import call, one_line_error  # tests/cli_common.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -17,21 +19,6 @@ def run_cli(*args, timeout=120):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "bdiff.cli", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def call(capsys, *args):
-  """Run the CLI in-process: (exit status, stdout, stderr)."""
-  code = cli.main(list(args))
-  out, err = capsys.readouterr()
-  return code, out, err
-
-
-def one_line_error(err: str) -> str:
-  """The error line; fails unless it is a single `bdiff: error:` line without a traceback."""
-  assert "Traceback" not in err, err
-  errors = [line for line in err.splitlines() if line.startswith("bdiff: error: ")]
-  assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
-  return errors[0]
 
 
 def test_usage_lists_commands():
@@ -118,8 +105,6 @@ def test_overrides_parse_to_the_field_type():
   assert isinstance(cfg.optim.b1, float)
   rest, overrides = cli.split_overrides(["--workdir", "w", "--config.a.b=1", "--config.c", "2"])
   assert rest == ["--workdir", "w"] and overrides == [("a.b", "1"), ("c", "2")]
-
-
 
 
 def test_prepare_writes_a_token_store(tmp_path):

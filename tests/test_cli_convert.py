@@ -7,20 +7,9 @@ import pytest
 
 from bdiff import cli
 
+from cli_common import call, one_line_error  # tests/cli_common.py
+
 QWEN3 = os.path.join(os.path.dirname(__file__), "fixtures", "hf", "qwen3")
-
-
-def call(capsys, *args):
-  code = cli.main([str(a) for a in args])
-  out, err = capsys.readouterr()
-  return code, out, err
-
-
-def error_line(err: str) -> str:
-  assert "Traceback" not in err, err
-  last = err.rstrip().splitlines()[-1]
-  assert last.startswith("bdiff: error: "), err
-  return last
 
 
 @pytest.fixture(scope="module", name="run")
@@ -45,7 +34,7 @@ def test_export_writes_a_hf_directory_and_keeps_a_full_one(capsys, run, tmp_path
   assert json.loads(stdout)["family"] == "qwen3"
   assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out))
   code, _, err = call(capsys, "export", "--workdir", run, "--out", out)
-  assert code == 2 and "is not empty; pass --overwrite" in error_line(err)
+  assert code == 2 and "is not empty; pass --overwrite" in one_line_error(err)
   assert call(capsys, "export", "--workdir", run, "--out", out, "--overwrite")[0] == 0
 
 
@@ -58,13 +47,13 @@ def test_convert_usage_errors_are_one_line_and_write_nothing(capsys, tmp_path, a
   workdir = tmp_path / "run"
   code, _, err = call(capsys, "convert", "--workdir", workdir,
                       *[a.format(tmp=tmp_path) for a in args])
-  assert code == 2 and message.format(tmp=tmp_path) in error_line(err)
+  assert code == 2 and message.format(tmp=tmp_path) in one_line_error(err)
   assert not workdir.exists()
 
 
 def test_export_needs_a_run(capsys, tmp_path):
   code, _, err = call(capsys, "export", "--workdir", tmp_path, "--out", tmp_path / "hf")
-  assert code == 2 and "has no config.json" in error_line(err)
+  assert code == 2 and "has no config.json" in one_line_error(err)
   code, _, err = call(capsys, "export", "--workdir", tmp_path, "--out", tmp_path / "hf",
                       "--config.sample.seed=1")
-  assert code == 2 and "export takes no --config.* overrides" in error_line(err)
+  assert code == 2 and "export takes no --config.* overrides" in one_line_error(err)

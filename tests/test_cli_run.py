@@ -5,12 +5,13 @@ import os
 
 import pytest
 
-from bdiff import cli
 from bdiff import config as config_lib
 from bdiff import runs
 from bdiff import sharding as sharding_lib
 from bdiff.train import checkpointing
 from bdiff.train import state as state_lib
+
+from cli_common import call, one_line_error  # tests/cli_common.py
 
 
 @pytest.fixture(scope="module", name="workdir")
@@ -46,19 +47,6 @@ def _restores(monkeypatch):
   return calls
 
 
-def call(capsys, *args):
-  code = cli.main([str(a) for a in args])
-  out, err = capsys.readouterr()
-  return code, out, err
-
-
-def error_line(err: str) -> str:
-  assert "Traceback" not in err, err
-  last = err.rstrip().splitlines()[-1]
-  assert last.startswith("bdiff: error: "), err
-  return last
-
-
 def test_sample_applies_overrides_and_creates_the_output_directory(capsys, tmp_path, workdir):
   before = sorted(os.listdir(workdir))
   prompts = tmp_path / "p.jsonl"
@@ -83,7 +71,7 @@ def test_bad_prompts_fail_before_the_model_is_restored(capsys, tmp_path, workdir
   prompts.write_text(content)
   code, _, err = call(capsys, "sample", "--workdir", workdir, "--prompts", prompts, "--out",
                       tmp_path / "o.jsonl")
-  assert code == 1 and message in error_line(err)
+  assert code == 1 and message in one_line_error(err)
   assert not restores and not (tmp_path / "o.jsonl").exists()
 
 
@@ -106,7 +94,7 @@ def test_sample_checks_flags_before_any_work(capsys, tmp_path, workdir, restores
   got, _, err = call(capsys, "sample", "--workdir", workdir,
                      *[x for kv in args.items() for x in kv], *extra)
   assert got == code, err
-  assert message.format(tmp=tmp_path) in error_line(err)
+  assert message.format(tmp=tmp_path) in one_line_error(err)
   assert not restores
 
 
@@ -120,4 +108,4 @@ def test_eval_uses_the_saved_config_with_overrides(capsys, workdir):
 
 def test_a_run_without_config_is_named(capsys, tmp_path):
   code, _, err = call(capsys, "eval", "--workdir", tmp_path)
-  assert code == 2 and "has no config.json: train there first" in error_line(err)
+  assert code == 2 and "has no config.json: train there first" in one_line_error(err)
