@@ -196,8 +196,9 @@ def _run_config(args, overrides) -> ml_collections.ConfigDict:
 
 def cmd_train(args, overrides) -> None:
   cfg = apply_overrides(load_config_file(args.config), overrides)
-  if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
-    raise UsageError(f"--workdir {args.workdir} exists and is not a directory")
+  for path in (args.workdir, os.path.join(args.workdir, "checkpoints")):
+    if os.path.exists(path) and not os.path.isdir(path):  # found now, not at the final save
+      raise UsageError(f"--workdir: {path} exists and is not a directory")
   validate(cfg)  # before the run directory is created
   result = loop.train(cfg, args.workdir)
   print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=1))

@@ -89,6 +89,13 @@ def test_usage_errors_are_one_line(capsys, tmp_path, monkeypatch, args, message)
   assert message in one_line_error(err)
 
 
+def test_train_checks_its_run_directory_before_any_work(capsys, tmp_path):
+  (tmp_path / "checkpoints").write_text("not a directory")
+  code, _, err = call(capsys, "train", "--config", "configs/tiny.py", "--workdir", tmp_path)
+  assert code == 2 and "checkpoints exists and is not a directory" in one_line_error(err)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+
+
 def test_verbose_adds_the_traceback(capsys, tmp_path):
   code, _, err = call(capsys, "train", "--config", "configs/tiny.py", "--workdir",
                       str(tmp_path), "--config.diffusion.block_size=5", "--verbose")
