@@ -177,6 +177,12 @@ def _existing_file(path: str, flag: str) -> str:
   return path
 
 
+def _not_a_file(path: str, flag: str) -> None:
+  """A directory to be written must not be a file (found now, not when the work is done)."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UsageError(f"{flag}: {path} exists and is not a directory")
+
+
 def validate(cfg) -> ml_collections.ConfigDict:
   """The library's validation, before any work: a bad value is a usage error (exit 2)."""
   try:
@@ -196,9 +202,8 @@ def _run_config(args, overrides) -> ml_collections.ConfigDict:
 
 def cmd_train(args, overrides) -> None:
   cfg = apply_overrides(load_config_file(args.config), overrides)
-  for path in (args.workdir, os.path.join(args.workdir, "checkpoints")):
-    if os.path.exists(path) and not os.path.isdir(path):  # found now, not at the final save
-      raise UsageError(f"--workdir: {path} exists and is not a directory")
+  _not_a_file(args.workdir, "--workdir")
+  _not_a_file(os.path.join(args.workdir, "checkpoints"), "--workdir")
   validate(cfg)  # before the run directory is created
   result = loop.train(cfg, args.workdir)
   print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=1))
@@ -219,8 +224,7 @@ def cmd_bench(args, overrides) -> None:
 
 
 def cmd_prepare(args, overrides) -> None:
-  if overrides:
-    raise UsageError(f"prepare takes no --config.* overrides (got --config.{overrides[0][0]})")
+  del overrides  # none (main() checks)
   inputs = [p for arg in args.inputs for p in arg.split(",") if p]
   store.check_output_dir(os.path.abspath(args.out), args.overwrite)
   tokenizer = get_tokenizer(args.tokenizer)
@@ -234,18 +238,15 @@ def cmd_prepare(args, overrides) -> None:
 def cmd_convert(args, overrides) -> None:
   if not os.path.isdir(args.from_hf):
     raise UsageError(f"--from_hf {args.from_hf}: no such directory")
-  if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
-    raise UsageError(f"--workdir {args.workdir} exists and is not a directory")
+  _not_a_file(args.workdir, "--workdir")
   cfg = validate(apply_overrides(convert.hf_config(args.from_hf), overrides))
   print(json.dumps(convert.convert_from_hf(args.from_hf, args.workdir, cfg), indent=1))
 
 
 def cmd_export(args, overrides) -> None:
-  if overrides:
-    raise UsageError(f"export takes no --config.* overrides (got --config.{overrides[0][0]})")
+  del overrides  # none (main() checks)
   load_run_config(args.workdir)  # a run is there
-  if os.path.exists(args.out) and not os.path.isdir(args.out):
-    raise UsageError(f"--out {args.out} exists and is not a directory")
+  _not_a_file(args.out, "--out")
   if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
     raise UsageError(f"--out {args.out} is not empty; pass --overwrite to write into it")
   os.makedirs(args.out, exist_ok=True)
@@ -264,15 +265,14 @@ def _HelpFormatter(prog):  # pylint: disable=invalid-name
   return argparse.RawDescriptionHelpFormatter(prog, max_help_position=28, width=120)
 
 
-def _add_command(sub, name: str, summary: str, example: str, overrides: bool = True,
-                 **flags) -> None:
+def _add_command(sub, name: str, summary: str, example: str, **flags) -> None:
   """One command: its ``flags`` (name -> add_argument keywords, in help order), --verbose,
-  and (with ``overrides``) the --config.KEY=VALUE line."""
+  and the --config.KEY=VALUE line unless it uses no config (NO_OVERRIDES)."""
   p = sub.add_parser(name, help=summary, description=summary, epilog=f"example:\n  {example}",
                      formatter_class=_HelpFormatter, allow_abbrev=False)
   for flag, kwargs in flags.items():
     p.add_argument(f"--{flag}", **kwargs)
-  if overrides:
+  if name not in NO_OVERRIDES:
     # split_overrides() takes these out before argparse sees them; this only documents them.
     p.add_argument("--config.KEY", metavar="VALUE", dest="_override_help", help=_OVERRIDE_HELP)
   p.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
@@ -301,7 +301,6 @@ def _add_commands(sub) -> None:
   _add_command(
       sub, "prepare", "tokenize text/JSONL files into a token store for training",
       "bdiff prepare --inputs 'corpus/*.jsonl' --out data/corpus --on_error=skip",
-      overrides=False,
       inputs=dict(required=True, nargs="+", metavar="FILE",
                   help="files or quoted globs: a text file is one document, a .jsonl line one"),
       out=dict(required=True, help="output directory (renamed into place when done)"),
@@ -319,7 +318,7 @@ def _add_commands(sub) -> None:
       workdir=dict(required=True, help="the new run directory (no checkpoint yet)"))
   _add_command(
       sub, "export", "write a run as a Hugging Face checkpoint directory",
-      "bdiff export --workdir runs/qwen3 --out qwen3-export/", overrides=False, workdir=_RUN,
+      "bdiff export --workdir runs/qwen3 --out qwen3-export/", workdir=_RUN,
       out=dict(required=True, metavar="DIR", help="output directory (created)"),
       dtype=dict(default=None, choices=sorted(hf_export.NUMPY_DTYPES),
                  help="tensor dtype (default: the imported checkpoint's, else float32)"),
@@ -329,6 +328,7 @@ def _add_commands(sub) -> None:
 COMMANDS: dict[str, Callable] = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
                                  "bench": cmd_bench, "prepare": cmd_prepare,
                                  "convert": cmd_convert, "export": cmd_export}
+NO_OVERRIDES = ("prepare", "export")  # commands that use no config
 USAGE = f"usage: bdiff {{{'|'.join(COMMANDS)}}} [flags]   (bdiff COMMAND --help for flags)"
 
 
@@ -376,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     rest, overrides = split_overrides(argv)
     args = build_parser().parse_args(rest)
+    if overrides and args.command in NO_OVERRIDES:
+      raise UsageError(f"{args.command} takes no --config.* overrides "
+                       f"(got --config.{overrides[0][0]})")
     _setup_logging()
     COMMANDS[args.command](args, overrides)
   except UsageError as e:
