@@ -62,6 +62,7 @@ def test_bad_override_value_fails_early_naming_the_key(capsys, tmp_path):
     ("--config.train.progress=maybe", "expected true or false"),
     ("--config.model=3", "--config.model is a section"),
     ("--config.train.steps.x=3", "unknown key 'x' in train.steps (known: none: it is a value)"),
+    ("--config.train.global_batch=0", "train.global_batch must be positive, got 0"),
 ])
 def test_bad_override_key_or_type_is_a_usage_error(capsys, tmp_path, override, message):
   code, _, err = call(capsys, "train", "--config", "configs/tiny.py", "--workdir",
