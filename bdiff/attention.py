@@ -1,14 +1,19 @@
 """One ``attend()`` for every attention backend.
 
 Backends:
-  * ``"xla"``: dense reference in plain jnp, fp32 softmax, GQA by grouping query heads. Rows
-    with no allowed key return 0 (the kernels' empty-row contract, kernels.md §3.2), never NaN
-    and never the mean of V.
-  * ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")``. Causal masks map to
-    ``is_causal`` (tiles skipped); every other mask is passed as an explicit boolean mask (dense
-    cost: the "no sparsity" baseline of kernels.md §9). cuDNN needs a GPU and fp16/bf16.
+  * ``"xla"``: dense reference in plain jnp, fp32 softmax, GQA by grouping query heads.
+  * ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (cuDNN's fused
+    flash attention). Causal masks map to ``is_causal`` (tiles skipped); every other mask is
+    passed as an explicit boolean mask (dense cost: no block sparsity). cuDNN needs a GPU and
+    fp16/bf16. **Untested on GPU**: it has never run on a GPU; only its wrapper logic (mask
+    construction, the empty-row guard) is tested, on CPU through jax's XLA implementation.
   * ``"pallas"``: the block-sparse kernels of ``pallas_kernels.block_sparse_attention``, driven
     by the sparsity plan built from the mask object.
+
+Empty-row contract, on every backend: a query row with no allowed key returns 0 (and, with an
+LSE, -inf), never NaN and never the mean of V; its gradients are 0. The xla backend and the
+Pallas kernels get this from a zero softmax denominator; the cuDNN wrapper enforces it around
+the fused call, whatever cuDNN does with a fully masked row.
 
 Masks are :mod:`bdiff.masks` objects, or explicit boolean arrays broadcastable to
 ``[batch, q_len, kv_len]`` / ``[batch, heads, q_len, kv_len]`` for runtime masks (xla and cudnn
@@ -95,20 +100,45 @@ def xla_attention(q, k, v, mask=None, *, segment_ids=None, scale=None,
 
 
 def cudnn_attention(q, k, v, mask=None, *, segment_ids=None, scale=None):
-  """cuDNN fused attention; clear errors where cuDNN cannot run the request."""
+  """cuDNN fused attention; clear errors where cuDNN cannot run the request.
+
+  Untested on GPU (no GPU run yet). The empty-row guard around the call is tested on CPU by
+  :func:`fused_attention` with jax's XLA implementation in cuDNN's place.
+  """
   _check_shapes(q, k, v)
   if jax.default_backend() != "gpu":
     raise ValueError(f'impl="cudnn" needs a GPU backend, running on '
                      f'"{jax.default_backend()}"; use impl="xla" or "pallas"')
   if q.dtype not in (jnp.bfloat16, jnp.float16):
     raise ValueError(f'impl="cudnn" needs bf16 or fp16 inputs, got {q.dtype}')
+  return fused_attention(q, k, v, mask, segment_ids=segment_ids, scale=scale,
+                         implementation="cudnn")
+
+
+def fused_attention(q, k, v, mask=None, *, segment_ids=None, scale=None,
+                    implementation: str = "cudnn"):
+  """``jax.nn.dot_product_attention`` with the empty-row contract enforced around it.
+
+  A fused kernel given a fully masked row returns whatever its masking constant gives (the
+  mean of V for a large finite negative, NaN for -inf). So an empty row is handed to the
+  kernel with every key allowed (finite, discarded) and its output replaced by 0 here: the
+  ``where`` also sends it a zero cotangent, so its gradients are 0 too.
+
+  ``implementation``: "cudnn" (what ``impl="cudnn"`` runs) or "xla" (jax's reference
+  implementation, which runs on CPU: the tests use it to exercise this wrapper).
+  """
   is_causal = (isinstance(mask, masks_lib.Causal) and mask.q_offset == 0
-               and mask.q_len == mask.kv_len and segment_ids is None)
+               and mask.q_len == mask.kv_len and segment_ids is None)  # no empty row
   arr = None if is_causal else _as_bool_array(mask, q.shape[1], k.shape[1], segment_ids)
-  if arr is not None:
-    arr = jnp.broadcast_to(arr, (q.shape[0],) + arr.shape[1:])
-  return jax.nn.dot_product_attention(q, k, v, mask=arr, scale=scale, is_causal=is_causal,
-                                      implementation="cudnn")
+  if arr is None:
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=is_causal,
+                                        implementation=implementation)
+  arr = jnp.broadcast_to(arr, (q.shape[0],) + arr.shape[1:])  # [b, h or 1, q, kv]
+  has_key = jnp.any(arr, axis=-1, keepdims=True)
+  out = jax.nn.dot_product_attention(q, k, v, mask=arr | ~has_key, scale=scale,
+                                     implementation=implementation)
+  keep = has_key.transpose(0, 2, 1, 3)  # [b, q, h or 1, 1], as out [b, q, h, d]
+  return jnp.where(keep, out, jnp.zeros_like(out))
 
 
 def pallas_attention(q, k, v, mask, *, segment_ids=None, scale=None, backend=None):
