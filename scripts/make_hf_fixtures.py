@@ -17,6 +17,17 @@ The families cover what bdiff's converter must get right: Llama with Llama-3 RoP
 untied head and a sharded checkpoint (index + two files); Qwen2 with q/k/v biases, a tied head
 and a vocabulary padded past the tokenizer; Qwen3 with per-head q/k RMSNorm and a head_dim that
 is not hidden_size / heads.
+
+SDAR (JetAstra/SDAR, "SDAR: A Synergistic Diffusion-AutoRegression Paradigm", 2025) checkpoints
+are Qwen3 weights under ``architectures: ["SDARForCausalLM"]`` with the block-diffusion keys
+``block_size`` and ``mask_token_id`` (its ``<|MASK|>`` token). Its published modeling code
+(``modeling_sdar.py``) computes Qwen3's layers under the block-causal mask its ``generate.py``
+builds (``tril`` over blocks, repeated ``block_length`` times); that code needs flash-attn, so the
+golden ``logits`` here are transformers' Qwen3 under that same mask (an additive 4-D mask), on
+inputs whose last block is partly [MASK].
+
+``--check_export DIR --family F`` loads a directory written by ``bdiff export`` with
+transformers and compares its logits with F's golden ones (how the exports were checked).
 """
 from __future__ import annotations
 
@@ -92,6 +103,52 @@ def greedy_margin(model, prompt: torch.Tensor, new_tokens: int) -> float:
   return margin
 
 
+def block_causal_mask(n: int, block: int, batch: int) -> torch.Tensor:
+  """SDAR's inference mask, additive: query block i sees key blocks 0..i."""
+  blocks = torch.arange(n) // block
+  allowed = blocks[:, None] >= blocks[None, :]
+  return torch.where(allowed, 0.0, float("-inf"))[None, None].expand(batch, 1, n, n)
+
+
+@torch.no_grad()
+def make_sdar(tok: Tokenizer, seed: int, block: int = 4) -> dict:
+  """Qwen3 weights saved as an SDAR checkpoint, goldens under the block-causal mask."""
+  torch.manual_seed(seed)
+  config = transformers.Qwen3Config(**COMMON, **FAMILIES["qwen3"][1], attn_implementation="eager")
+  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+  out = os.path.join(OUT, "sdar")
+  save(model, tok, out, None, mask_token="<|MASK|>")
+  path = os.path.join(out, "config.json")
+  with open(path, encoding="utf-8") as f:
+    hf = json.load(f)
+  mask_id = tok.token_to_id("<|MASK|>")
+  hf.update(architectures=["SDARForCausalLM"], model_type="sdar", block_size=block,
+            mask_token_id=mask_id, fuse_cross_entropy=False)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(hf, f, indent=2)
+  rng = np.random.default_rng(seed)
+  input_ids = rng.integers(4, TOKENIZER_VOCAB, size=(2, 12))
+  input_ids[:, -block:] = np.where(rng.random((2, block)) < 0.6, mask_id, input_ids[:, -block:])
+  logits = model(torch.tensor(input_ids),
+                 attention_mask=block_causal_mask(12, block, 2)).logits.float().numpy()
+  causal = model(torch.tensor(input_ids)).logits.float().numpy()
+  np.savez(os.path.join(out, "golden.npz"), input_ids=input_ids.astype(np.int32),
+           logits=logits.astype(np.float32), block_size=np.int32(block))
+  return {"family": "sdar", "block_vs_causal": float(np.abs(logits - causal).max()),
+          "bytes": sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))}
+
+
+def save(model, tok: Tokenizer, out: str, shard_size, mask_token=None) -> None:
+  os.makedirs(out, exist_ok=True)
+  model.save_pretrained(out, max_shard_size=shard_size or "50MB")
+  tok.save(os.path.join(out, "tokenizer.json"))
+  tconf = tokenizer_config()
+  if mask_token:
+    tconf["mask_token"] = mask_token
+  with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+    json.dump(tconf, f, indent=2)
+
+
 @torch.no_grad()
 def make_family(name: str, tok: Tokenizer, seed: int) -> dict:
   config_cls, extra, shard_size = FAMILIES[name]
@@ -99,11 +156,7 @@ def make_family(name: str, tok: Tokenizer, seed: int) -> dict:
   config = config_cls(**COMMON, **extra, attn_implementation="eager")
   model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
   out = os.path.join(OUT, name)
-  os.makedirs(out, exist_ok=True)
-  model.save_pretrained(out, max_shard_size=shard_size or "50MB")
-  tok.save(os.path.join(out, "tokenizer.json"))
-  with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-    json.dump(tokenizer_config(), f, indent=2)
+  save(model, tok, out, shard_size)
   rng = np.random.default_rng(seed)
   input_ids = rng.integers(4, TOKENIZER_VOCAB, size=(2, 12))
   prompt_ids = rng.integers(4, TOKENIZER_VOCAB, size=(2, 6))
@@ -122,13 +175,30 @@ def make_family(name: str, tok: Tokenizer, seed: int) -> dict:
               os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))}
 
 
+@torch.no_grad()
+def check_export(export_dir: str, family: str) -> float:
+  """Max |logits - golden| of a ``bdiff export`` directory loaded by transformers."""
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      export_dir, attn_implementation="eager", dtype=torch.float32).eval()
+  with np.load(os.path.join(OUT, family, "golden.npz")) as g:
+    logits = model(torch.tensor(g["input_ids"]).long()).logits.float().numpy()
+    return float(np.abs(logits - g["logits"]).max())
+
+
 def main() -> None:
+  if "--check_export" in sys.argv:
+    export_dir = sys.argv[sys.argv.index("--check_export") + 1]
+    family = sys.argv[sys.argv.index("--family") + 1]
+    print(json.dumps({"export": export_dir, "family": family,
+                      "max_abs_diff": check_export(export_dir, family)}))
+    return
   tok = make_tokenizer()
   for seed, name in enumerate(sorted(FAMILIES)):
     info = make_family(name, tok, seed)
     print(json.dumps(info))
     if info["min_margin"] < 1e-3:
       sys.exit(f"{name}: greedy margin {info['min_margin']:.2e} is too small for a stable test")
+  print(json.dumps(make_sdar(tok, seed=len(FAMILIES))))
 
 
 if __name__ == "__main__":

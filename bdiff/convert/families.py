@@ -5,6 +5,11 @@ Qwen2/Qwen2.5 (q/k/v biases; ``modeling_qwen2.py``) and Qwen3 (per-head q/k RMSN
 ``modeling_qwen3.py``) share one layout: pre-norm RMSNorm, rotate-half RoPE, GQA, SwiGLU. What
 differs is a handful of switches, read here from the checkpoint's config and checked strictly:
 a key whose value bdiff cannot honour is a ValueError naming it, never silently dropped.
+
+SDAR (JetAstra/SDAR; Cheng et al. 2025, "SDAR: A Synergistic Diffusion-AutoRegression Paradigm
+for Scalable Sequence Generation") ships Qwen3 weights as ``SDARForCausalLM`` with its
+block-diffusion keys ``block_size`` and ``mask_token_id`` (an in-vocabulary ``<|MASK|>``), read
+under a block-causal mask and without token shift.
 """
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ FAMILIES = {
     "LlamaForCausalLM": ("llama", False, False),
     "Qwen2ForCausalLM": ("qwen2", True, False),
     "Qwen3ForCausalLM": ("qwen3", False, True),
+    "SDARForCausalLM": ("sdar", False, True),
 }
+BLOCK_DIFFUSION = ("sdar",)  # families whose config carries block_size and mask_token_id
 ROPE_TYPES = ("default", "llama3")
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
                "original_max_position_embeddings")
@@ -112,21 +119,35 @@ def model_config_from_hf(hf: dict) -> ml_collections.ConfigDict:
       vocab_pad_multiple=128,  # [MASK] makes the table odd; keep it splittable over tensor
       dtype="bfloat16" if dtype == "bfloat16" else "float32")
   cfg.rope_scaling.update(scaling)
+  if name in BLOCK_DIFFUSION:
+    cfg.mask_token_id = _block_key(hf, "mask_token_id", cfg.vocab_size)
   return cfg
 
 
-def hf_config_from_model(model_cfg, base: dict | None, dtype: str) -> dict:
+def _block_key(hf: dict, key: str, bound: int) -> int:
+  value = hf.get(key)
+  if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < bound:
+    raise ValueError(f"config.json {key}={value!r}: a {hf['model_type']} checkpoint needs an "
+                     f"integer in [0, {bound})")
+  return value
+
+
+def block_size(hf: dict) -> int:
+  """The diffusion block size of a block-diffusion checkpoint (1 for AR families)."""
+  if family(hf) not in BLOCK_DIFFUSION:
+    return 1
+  return _block_key(hf, "block_size", 1 << 20) or 1
+
+
+def hf_config_from_model(model_cfg, base: dict | None, dtype: str, block: int = 1) -> dict:
   """A HF ``config.json`` for a bdiff ``model`` section, on top of ``base`` (the imported
   checkpoint's own config, whose other keys such as token ids are kept), else a Llama/Qwen
-  config chosen by the model's switches."""
-  if model_cfg.mask_token_id >= 0 or model_cfg.tied_logit_scale and model_cfg.tie_embeddings:
-    raise ValueError("export needs model.mask_token_id=-1 and, with tie_embeddings, "
-                     "tied_logit_scale=False: Llama/Qwen configs have no such switch")
-  arch = {(False, False): "LlamaForCausalLM", (True, False): "Qwen2ForCausalLM",
-          (False, True): "Qwen3ForCausalLM"}.get((model_cfg.qkv_bias, model_cfg.qk_norm))
-  if arch is None:
-    raise ValueError("no Hugging Face family has both q/k/v biases (model.qkv_bias) and "
-                     "q/k norms (model.qk_norm)")
+  config chosen by the model's switches. A model with its own [MASK] token is written as SDAR,
+  with ``block_size`` = ``block`` and its ``mask_token_id``."""
+  if model_cfg.tied_logit_scale and model_cfg.tie_embeddings:
+    raise ValueError("export needs model.tied_logit_scale=False with tie_embeddings: HF heads "
+                     "are the plain embedding")
+  arch = _architecture(model_cfg)
   out = dict(base or {})
   out.pop("rope_scaling", None)
   out.pop("rope_parameters", None)
@@ -137,8 +158,24 @@ def hf_config_from_model(model_cfg, base: dict | None, dtype: str) -> dict:
              intermediate_size=model_cfg.mlp_dim, rms_norm_eps=model_cfg.norm_eps,
              tie_word_embeddings=model_cfg.tie_embeddings, rope_theta=model_cfg.rope_theta,
              rope_scaling=_rope_scaling_out(model_cfg.rope_scaling), torch_dtype=dtype)
+  if FAMILIES[arch][0] in BLOCK_DIFFUSION:
+    out.update(block_size=block, mask_token_id=model_cfg.mask_token_id)
   out.pop("dtype", None)
   return out
+
+
+def _architecture(model_cfg) -> str:
+  if model_cfg.mask_token_id >= 0:
+    if model_cfg.qkv_bias or not model_cfg.qk_norm:
+      raise ValueError("a model with its own mask token (model.mask_token_id) exports as SDAR, "
+                       "which needs model.qk_norm=True and model.qkv_bias=False")
+    return "SDARForCausalLM"
+  arch = {(False, False): "LlamaForCausalLM", (True, False): "Qwen2ForCausalLM",
+          (False, True): "Qwen3ForCausalLM"}.get((model_cfg.qkv_bias, model_cfg.qk_norm))
+  if arch is None:
+    raise ValueError("no Hugging Face family has both q/k/v biases (model.qkv_bias) and "
+                     "q/k norms (model.qk_norm)")
+  return arch
 
 
 def _rope_scaling_out(scaling) -> dict | None:

@@ -57,7 +57,7 @@ def export_to_hf(workdir: str, out_dir: str, *, dtype: str | None = None) -> dic
   if dtype not in NUMPY_DTYPES:
     raise ValueError(f"export dtype must be one of {sorted(NUMPY_DTYPES)}, got {dtype!r}")
   cfg, params, _ = runs.restore_params(workdir)
-  hf = families.hf_config_from_model(cfg.model, base, dtype)
+  hf = families.hf_config_from_model(cfg.model, base, dtype, cfg.diffusion.block_size)
   tensors = hf_tensors(params, cfg.model, dtype)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:

@@ -33,6 +33,9 @@ from bdiff.train import state as state_lib
 
 HF_SUBDIR = "hf"
 META = "bdiff_convert.json"
+# Files a checkpoint ships besides its weights: configs, tokenizers, chat templates, and the
+# modeling code of trust_remote_code families (SDAR), which an export must carry on.
+SIDE_FILE_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken", ".py")
 # Model keys a user may override at conversion: how bdiff computes, not what the weights are.
 FREE_MODEL_KEYS = ("dtype", "scan_layers", "remat", "attention_impl", "pallas_backend",
                    "vocab_pad_multiple")
@@ -48,8 +51,10 @@ def _tokenizer_config(hf_dir: str) -> dict:
 
 def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
   """The full bdiff config of a HF checkpoint: base config, ``model`` and ``data.tokenizer``
-  from the directory, and AR decoding settings (block size 1, token shift: position i's
-  logits predict token i + 1, as the checkpoint was trained)."""
+  from the directory, and the family's decoding: AR families get block size 1 with token shift
+  (position i's logits predict token i + 1, as they were trained) and greedy ``ar`` decoding;
+  block-diffusion families (SDAR) their ``block_size``, no shift, and SDAR's dynamic-threshold
+  decoding."""
   hf = families.read_hf_config(hf_dir)
   model = families.model_config_from_hf(hf)
   tokenizer = os.path.join(hf_dir, "tokenizer.json")
@@ -63,9 +68,12 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
     else:
       cfg.model[key] = value
   cfg.data.tokenizer = os.path.abspath(tokenizer)
-  cfg.diffusion.block_size = 1
-  cfg.diffusion.token_shift = True
-  cfg.sample.strategy = "ar"
+  block = families.block_size(hf)
+  cfg.diffusion.block_size = block
+  cfg.diffusion.token_shift = block == 1
+  cfg.sample.strategy = "ar" if block == 1 else "sdar_dynamic"
+  if block > 1:
+    cfg.sample.threshold = 0.85  # SDAR generate.py's confidence_threshold
   cfg.sample.prompt_prefix = "bos" if _tokenizer_config(hf_dir).get("bos_token") else "none"
   return cfg
 
@@ -130,12 +138,12 @@ def _leaf(tree, path):
 
 
 def _copy_side_files(hf_dir: str, dest: str) -> None:
-  """config.json and every tokenizer / generation file: small JSON, text and jinja files."""
+  """config.json, tokenizer and generation files, chat templates, remote modeling code."""
   os.makedirs(dest, exist_ok=True)
   for name in sorted(os.listdir(hf_dir)):
     path = os.path.join(hf_dir, name)
     if (os.path.isfile(path) and name != INDEX
-        and name.endswith((".json", ".jinja", ".txt", ".model", ".tiktoken"))):
+        and name.endswith(SIDE_FILE_SUFFIXES)):
       shutil.copy2(path, os.path.join(dest, name))
 
 

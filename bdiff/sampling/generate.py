@@ -42,7 +42,7 @@ import ml_collections
 
 from bdiff import masks as masks_lib
 from bdiff import sharding as sharding_lib
-from bdiff.models import make_model
+from bdiff.models import make_model, mask_token_id
 from bdiff.sampling import cache as cache_lib
 from bdiff.sampling import config as config_lib
 from bdiff.sampling import strategies as strategies_lib
@@ -69,7 +69,7 @@ class SamplerConfig:
 
   @property
   def mask_id(self) -> int:
-    return self.model.vocab_size
+    return mask_token_id(self.model)
 
   @property
   def fused(self) -> bool:

@@ -67,7 +67,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, cfg):
   def loss_fn(params):
     logits_fn = make_logits_fn(model, params, cfg, segment_ids, positions)
     return diffusion.training_loss(logits_fn, batch["tokens"], rng, cfg.diffusion,
-                                   eligible=batch.get("eligible"), positions=positions)
+                                   eligible=batch.get("eligible"), positions=positions,
+                                   mask_id=model.mask_id)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -95,7 +96,7 @@ def eval_step(params, batch: dict, rng, *, model, cfg):
   logits_fn = make_logits_fn(model, params, cfg, segment_ids, positions)
   return diffusion.nelbo(logits_fn, batch["tokens"], rng, cfg.diffusion,
                          valid=batch.get("eligible"), scored=batch.get("answer"),
-                         positions=positions)
+                         positions=positions, mask_id=model.mask_id)
 
 
 def jit_train_step(model, tx, cfg, mesh, state_shardings):

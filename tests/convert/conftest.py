@@ -8,7 +8,7 @@ import pytest
 from bdiff import convert
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf")
-FAMILIES = ("llama", "qwen2", "qwen3")
+FAMILIES = ("llama", "qwen2", "qwen3")  # AR families; "sdar" has its own tests
 
 
 def fixture_dir(family: str) -> str:
