@@ -109,3 +109,10 @@ def test_eval_uses_the_saved_config_with_overrides(capsys, workdir):
 def test_a_run_without_config_is_named(capsys, tmp_path):
   code, _, err = call(capsys, "eval", "--workdir", tmp_path)
   assert code == 2 and "has no config.json: train there first" in one_line_error(err)
+
+
+def test_a_run_without_checkpoint_is_named_and_left_as_it_was(capsys, tmp_path, workdir):
+  (tmp_path / "config.json").write_text((workdir / "config.json").read_text())
+  code, _, err = call(capsys, "bench", "--workdir", tmp_path)
+  assert code == 1 and "no checkpoint under" in one_line_error(err)
+  assert os.listdir(tmp_path) == ["config.json"]

@@ -16,8 +16,10 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def manager(workdir: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+def manager(workdir: str, *, max_to_keep: int = 3, create: bool = True
+            ) -> ocp.CheckpointManager:
+  """The run's checkpoint manager; readers pass ``create=False`` (nothing is written)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                          enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                options=options)
@@ -46,7 +48,7 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, shardings, step: int | N
 
 def read_meta(workdir: str, step: int | None = None) -> dict:
   """The JSON metadata (config, step, data position) of a checkpoint, without the arrays."""
-  mgr = manager(workdir)
+  mgr = manager(workdir, create=False)
   step = mgr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
@@ -79,7 +81,7 @@ def restore_subtree(workdir: str, name: str, abstract, shardings, step: int | No
   Strict like :func:`restore`: the saved subtree must have exactly ``abstract``'s keys, shapes
   and dtypes.
   """
-  mgr = manager(workdir)
+  mgr = manager(workdir, create=False)
   step = mgr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
