@@ -41,7 +41,7 @@ def positions(start, length, batch=2):
 @pytest.mark.parametrize("scan,qk_norm,tied", [(True, False, True), (False, True, False)])
 @pytest.mark.parametrize("n,block", [(12, 4), (8, 1), (12, 12), (10, 5)])
 def test_two_stream_equals_blockwise_forward(scan, qk_norm, tied, n, block):
-  """Noisy-half logits of block b == plain forward of [clean < b ; noisy b] (spec §3.7).
+  """Noisy-half logits of block b == plain forward of [clean < b ; noisy b] (BD3-LM training).
 
   The plain forward runs on a full-length input whose blocks after b hold junk: the
   block-causal mask must make them irrelevant, and one shape compiles once.
