@@ -13,6 +13,7 @@ import os
 
 from etils import epath
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 
@@ -74,25 +75,48 @@ def _check_same_tree(saved, abstract, where: str) -> None:
                        f"needs {want.dtype}{list(want.shape)}")
 
 
+def _check_finite(tree, where: str) -> None:
+  """Raise ValueError naming the arrays of ``tree`` that hold NaN or Inf (flipped bytes in a
+  checkpoint can restore without any error, as NaN weights)."""
+  finite = jax.jit(lambda t: jax.tree.map(lambda x: jnp.isfinite(x).all(), t))(tree)
+  bad = [key for key, ok in _flat(finite).items() if not bool(ok)]
+  if bad:
+    raise ValueError(f"{where}: non-finite values in {bad[:5]}; the checkpoint is corrupt")
+
+
 def restore_subtree(workdir: str, name: str, abstract, shardings, step: int | None = None):
   """Restore only ``state.<name>`` (``"params"`` or ``"ema_params"``) at ``step`` (default
   latest), into ``shardings``: what inference needs, the rest of the state is not read.
 
   Strict like :func:`restore`: the saved subtree must have exactly ``abstract``'s keys, shapes
-  and dtypes.
+  and dtypes. An unreadable checkpoint, or one whose arrays are not all finite, is a ValueError
+  naming its step.
   """
   mgr = manager(workdir, create=False)
   step = mgr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
+  where = f"checkpoint step {step} under {workdir}/checkpoints"
   item_dir = os.path.join(str(mgr.directory), str(step), "state")
-  saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir)).tree
+  saved = _read(where, lambda: ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir)).tree)
   if saved.get(name) is None:
-    raise ValueError(f"checkpoint step {step} in {workdir} has no {name!r}")
-  _check_same_tree(saved[name], abstract, f"checkpoint {name}")
+    raise ValueError(f"{where} has no {name!r}")
+  _check_same_tree(saved[name], abstract, f"{where}: {name}")
   target = {name: jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)}
   restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target)
-  restored = ocp.PyTreeCheckpointer().restore(item_dir, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=restore_args, partial_restore=True))
-  return restored[name]
+  restored = _read(where, lambda: ocp.PyTreeCheckpointer().restore(
+      item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                            partial_restore=True)))[name]
+  _check_finite(restored, f"{where}: {name}")
+  return restored
+
+
+def _read(where: str, read):
+  """``read()``; any failure of the storage layers becomes one ValueError naming the step."""
+  try:
+    return read()
+  except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many types)
+    first = (str(e).splitlines() or [""])[0][:200]
+    raise ValueError(f"{where} is unreadable ({type(e).__name__}: {first}); is it corrupt or "
+                     "still being written?") from e

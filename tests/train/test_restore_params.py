@@ -59,8 +59,28 @@ def test_inference_restores_only_the_params(tmp_path, restores, ema_decay, name)
 
 def test_inference_restore_refuses_a_mismatched_model(tmp_path, restores):
   _saved_run(tmp_path, tiny_cfg())
-  with pytest.raises(ValueError, match=r"checkpoint ema_params embed: saved float32\[260, 32\]"):
+  with pytest.raises(ValueError, match=r"step 3 under .*: ema_params embed: saved float32\[260, 32\]"):
     runs.restore_params(str(tmp_path), tiny_cfg(d_model=64, head_dim=32))
   with pytest.raises(ValueError, match=r"does not match the model: missing \['head/kernel'\]"):
     runs.restore_params(str(tmp_path), tiny_cfg(tie_embeddings=False))
   assert not restores  # refused before reading any array
+
+
+def test_inference_refuses_non_finite_weights(tmp_path):
+  """Flipped bytes can restore as NaN weights without any error from the storage layers."""
+  cfg = tiny_cfg(ema_decay=0.0)
+  mesh = sharding_lib.make_mesh(cfg.mesh)
+  model, tx, _, shardings = state_lib.build(cfg, mesh)
+  state = state_lib.init_state(model, tx, cfg, mesh, shardings)
+  params = dict(state.params, embed=state.params["embed"].at[3, 5].set(np.nan))
+  checkpointing.save(checkpointing.manager(str(tmp_path)), 2, state.replace(params=params),
+                     config_dict=config_lib.to_dict(cfg), data_position={})
+  with pytest.raises(ValueError, match=r"step 2 .*: params: non-finite values in \['embed'\]"):
+    runs.restore_params(str(tmp_path))
+
+
+def test_unreadable_checkpoint_is_one_error_naming_the_step(tmp_path):
+  _saved_run(tmp_path, tiny_cfg())
+  (tmp_path / "checkpoints" / "3" / "state" / "_METADATA").write_bytes(b"")
+  with pytest.raises(ValueError, match=r"checkpoint step 3 under .* is unreadable \(JSONDecode"):
+    runs.restore_params(str(tmp_path))
