@@ -1,5 +1,5 @@
-"""Sparsity plan invariants (kernels.md §3.2) for static and dynamic plans."""
-import time
+"""Sparsity plan invariants for static and dynamic plans."""
+import tracemalloc
 
 import chex
 import jax
@@ -30,7 +30,10 @@ def _listed(count, idx, full, n):
 
 
 def check_invariants(plan, g=(0, 0), expected=None):
-  """§3.2 invariants 1-5 for group g; expected: the dense bool mask the plan must define."""
+  """Plan invariants for group g: the backward lists are the transpose of the forward lists;
+  lists ascend and are padded by repeating the last entry; no listed tile is empty; FULL flags
+  are exact (static plans) or sound (dynamic ones); the listed tiles cover exactly
+  ``expected`` (the dense bool mask the plan must define), when given."""
   cnt, idx, full, qcnt, qidx, qfull = _tables(plan, g)
   nq, nk = plan.num_q_tiles, plan.num_kv_tiles
   fwd = _listed(cnt, idx, full, nk)
@@ -82,15 +85,23 @@ def test_static_plan_is_cached_and_empty_rows_are_legal():
 
 
 @pytest.mark.parametrize("beta,expected_share,kmax", [(16, 0.266, 33), (128, 0.258, 32)])
-def test_bd3_plan_at_8192_is_fast_and_a_quarter_dense(beta, expected_share, kmax):
+def test_bd3_plan_at_8192_builds_no_dense_mask_and_is_a_quarter_dense(beta, expected_share,
+                                                                      kmax):
+  """The plan comes from the tile layout: its peak host memory is far below one S x S bool
+  array (speed is measured in experiments/, not asserted here)."""
   mask = masks.bd3_training(4096, beta)
   plan_lib._static_plan.cache_clear()  # pylint: disable=protected-access
   masks._tile_layout_cached.cache_clear()  # pylint: disable=protected-access
-  start = time.perf_counter()
-  plan = plan_lib.plan_for_mask(mask, block_q=128, block_k=128)
-  elapsed = time.perf_counter() - start
-  assert elapsed < 1.0, elapsed
-  assert abs(plan_lib.density(plan) - expected_share) < 0.002  # kernels.md §11
+  tracemalloc.start()
+  try:
+    plan = plan_lib.plan_for_mask(mask, block_q=128, block_k=128)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < mask.q_len * mask.kv_len // 16, f"{peak} bytes: an S x S array was built"
+  # BD3 allows about n^2 of its (2n)^2 pairs (noisy->earlier clean blocks and clean->clean
+  # block-causal, each ~n^2/2, plus the diagonal blocks); listed tiles add the partial ones.
+  assert abs(plan_lib.density(plan) - expected_share) < 0.002
   assert plan.max_kv_tiles == kmax
 
 
