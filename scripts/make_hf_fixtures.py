@@ -11,7 +11,9 @@ For each family it builds a random model on a tiny config, saves it with ``save_
 reference implementation (transformers, eager attention, float32):
   * ``logits``: the causal forward on fixed ``input_ids`` [2, 12];
   * ``generated``: greedy ``generate`` of 16 tokens after ``prompt_ids`` [2, 6] (no EOS stop);
-  * ``min_margin``: the smallest top-1/top-2 logit gap met during that generation, so a test
+  * ``text_generated``: the same for the text ``TEXT_PROMPT`` encoded by the fixture tokenizer
+    (what ``bdiff sample`` does with a prompt file);
+  * ``min_margin``: the smallest top-1/top-2 logit gap met during those generations, so a test
     can tell that greedy decoding is not decided by float rounding.
 The families cover what bdiff's converter must get right: Llama with Llama-3 RoPE scaling, an
 untied head and a sharded checkpoint (index + two files); Qwen2 with q/k/v biases, a tied head
@@ -42,6 +44,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "hf")
 TOKENIZER_VOCAB = 300
+TEXT_PROMPT = "def add(a, b):"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|MASK|>"]
 TEXT = """The quick brown fox jumps over the lazy dog. Block diffusion language models decode a
 block of tokens at a time, in parallel inside the block and autoregressively across blocks.
@@ -90,6 +93,14 @@ def tokenizer_config() -> dict:
           "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
                            "{{ m['content'] }}<|im_end|>\n{% endfor %}"
                            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"}
+
+
+@torch.no_grad()
+def greedy(model, prompt: torch.Tensor, new_tokens: int = 16) -> np.ndarray:
+  """transformers' greedy ``generate``, exactly ``new_tokens`` tokens (no EOS stop)."""
+  out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                       max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+  return out[:, prompt.shape[1]:].numpy()
 
 
 @torch.no_grad()
@@ -164,12 +175,13 @@ def make_family(name: str, tok: Tokenizer, seed: int) -> dict:
   model.generation_config.eos_token_id = None
   model.generation_config.pad_token_id = 0
   prompt = torch.tensor(prompt_ids)
-  generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                             max_new_tokens=16, min_new_tokens=16)[:, prompt_ids.shape[1]:]
-  margin = greedy_margin(model, prompt, 16)
+  text = torch.tensor([tok.encode(TEXT_PROMPT, add_special_tokens=False).ids])
+  generated, text_generated = (greedy(model, x) for x in (prompt, text))
+  margin = min(greedy_margin(model, prompt, 16), greedy_margin(model, text, 16))
   np.savez(os.path.join(out, "golden.npz"), input_ids=input_ids.astype(np.int32),
            logits=logits.astype(np.float32), prompt_ids=prompt_ids.astype(np.int32),
-           generated=generated.numpy().astype(np.int32), min_margin=np.float32(margin))
+           generated=generated.astype(np.int32), text_generated=text_generated.astype(np.int32),
+           min_margin=np.float32(margin))
   return {"family": name, "min_margin": margin, "transformers": transformers.__version__,
           "torch": torch.__version__, "bytes": sum(
               os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))}

@@ -49,6 +49,18 @@ def test_greedy_ar_sampler_equals_transformers_generate(converted, family):
   np.testing.assert_array_equal(out["tokens"][:, :g["generated"].shape[1]], g["generated"])
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_prompt_through_sample_equals_transformers_generate(converted, family):
+  """``Sampler.sample`` (what ``bdiff sample`` runs): the prompt text is encoded with the
+  checkpoint's tokenizer, no prefix token (it has no BOS), then greedy AR decoding."""
+  g = golden(family)
+  cfg = runs.restore_params(converted(family))[0]
+  assert cfg.sample.prompt_prefix == "none"
+  cfg.sample.update(max_new_tokens=g["text_generated"].shape[1], stop_at_eos=False)
+  record, = runs.Sampler.from_run(converted(family), cfg).sample(["def add(a, b):"])
+  assert record["tokens"] == g["text_generated"][0].tolist()
+
+
 def test_llama3_rope_scaling_matters(converted):
   """The Llama fixture exercises the Llama-3 frequency rescaling: without it, logits move."""
   g = golden("llama")
