@@ -26,10 +26,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
 from bdiff import attention, masks
 from pallas_kernels.block_sparse_attention import api
 from pallas_kernels.block_sparse_attention import plan as plan_lib
+from pallas_kernels.block_sparse_attention import reference
 
 MASK_NAMES = ("causal", "block_causal_4", "block_causal_16", "block_causal_64", "bd3_16",
               "topk")
@@ -89,8 +91,7 @@ def kernels_for(platform: str, mask, plan, args):
   if platform == "gpu":
     if isinstance(mask, masks.Causal):
       out["cudnn causal"] = lambda: functools.partial(attention.cudnn_attention, mask=mask)
-    out["cudnn mask"] = lambda: functools.partial(
-        jax.nn.dot_product_attention, mask=dense(), implementation="cudnn")
+    out["cudnn mask"] = lambda: functools.partial(attention.cudnn_attention, mask=dense())
   if plan.q_len <= args.xla_max_len:
     out["xla"] = lambda: functools.partial(attention.xla_attention,
                                            mask=mask if mask is not None else dense())
@@ -100,12 +101,10 @@ def kernels_for(platform: str, mask, plan, args):
 
 
 def _plan_mask(plan):
-  from pallas_kernels.block_sparse_attention import reference  # pylint: disable=import-outside-toplevel
   return reference.dense_mask(plan)  # [Bp, H, T, T]: only for dense baselines
 
 
 def _splash(mask, args):
-  from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=import-outside-toplevel
   if isinstance(mask, masks.Causal):
     smask = splash.CausalMask(mask.shape)
   else:

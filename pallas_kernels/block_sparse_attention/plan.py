@@ -1,4 +1,4 @@
-"""The sparsity plan: which KV tiles each query tile visits (kernels.md §3).
+"""The sparsity plan: which KV tiles each query tile visits.
 
 A :class:`SparsityPlan` is the one description of block sparsity that every backend consumes:
 per query tile the number of KV tiles it visits, their indices in ascending order and whether
@@ -13,7 +13,8 @@ Two builders:
   * :func:`plan_for_mask` (host, numpy, lru-cached) from a :mod:`bdiff.masks` object through
     its ``tile_layout``: never an ``S x S`` array.
   * :func:`plan_from_scores` / :func:`plan_from_selection` (traced, jit-able) from runtime
-    top-k key-tile selections (SparseD / MoBA style, §3.4). Capacities are static, so one
+    top-k key-tile selections (SparseD, arXiv 2509.24014; MoBA, arXiv 2502.13189). Capacities
+    are static, so one
     compilation serves every selection of a given size.
 
 Lengths that are not tile multiples are padded here: a tile holding padded keys is never FULL,
@@ -41,7 +42,8 @@ EMPTY, PARTIAL, FULL = masks_lib.EMPTY, masks_lib.PARTIAL, masks_lib.FULL
     meta_fields=["mask", "block_q", "block_k", "dynamic"])
 @dataclasses.dataclass(frozen=True)
 class SparsityPlan:
-  """Block-sparse attention plan (kernels.md §3.1).
+  """Block-sparse attention plan: per-row tile lists, as splash attention's ``MaskInfo``
+  (jax-ml/jax ``splash_attention_mask_info.py``) but with FULL/PARTIAL flags per list entry.
 
   Attributes:
     kv_count: int32 [Bp, Hp, nq]: KV tiles visited by query tile i.
@@ -102,7 +104,10 @@ class SparsityPlan:
 
 
 def compact(sel, kind, capacity: int, xp=jnp):
-  """Selected tiles of each row, ascending and padded by repetition (kernels.md §3.4).
+  """Selected tiles of each row, ascending and padded by repetition.
+
+  Padding repeats the last valid index so a kernel stepping past a row's count keeps the
+  same block index: Pallas then issues no new DMA for those steps.
 
   Args:
     sel: bool [..., n]: tiles to list.
@@ -181,7 +186,7 @@ def plan_for_mask(mask: masks_lib.Mask, *, block_q: int = 128,
 
 def plan_from_selection(sel, mask: masks_lib.Mask, *, block_q: int, block_k: int,
                         capacity: int) -> SparsityPlan:
-  """Plan from a traced tile selection (kernels.md §3.4); jit-able.
+  """Plan from a traced tile selection; jit-able.
 
   Selected tiles are visited as FULL unless the structural mask is partial there (diagonal,
   padding); tiles where the structural mask is empty are dropped.
@@ -260,7 +265,8 @@ def density(plan: SparsityPlan) -> float:
 def allowed_pairs(plan: SparsityPlan) -> tuple[int, int]:
   """(allowed (q, k) pairs, computed tile elements), summed over the plan's groups (host).
 
-  The first is the "useful" FLOP count basis (kernels.md §11), the second the "tile" one.
+  The first is the basis of "useful" FLOPs (work a dense kernel restricted to the mask must
+  do), the second of "tile" FLOPs (what the kernel computes, partial tiles in full).
   Only partial tiles evaluate the predicate, so this stays cheap at long context.
   """
   count, idx, full = (np.asarray(x) for x in (plan.kv_count, plan.kv_idx, plan.kv_full))

@@ -1,6 +1,6 @@
 """Pure-JAX block-sparse attention applying a :class:`SparsityPlan`: the oracle.
 
-Dense expansion (kernels.md §3.7): ``allowed[q, k] = listed(q//Bq, k//Bk) & (full |
+Dense expansion of the plan: ``allowed[q, k] = listed(q//Bq, k//Bk) & (full |
 predicate(q, k)) & (k < kv_len)``, ANDed with segment equality when segment ids are given,
 then an f32 masked softmax. Autodiff gives the gradients.
 Memory is O(Bp·Hp·Tq·Tk): tests and short sequences only.

@@ -1,25 +1,34 @@
-"""Mosaic TPU block-sparse attention driven by a :class:`SparsityPlan` (kernels.md §4.6).
+"""Mosaic TPU block-sparse attention driven by a :class:`SparsityPlan`.
 
-Splash-attention design: the plan tables are scalar-prefetched into SMEM and read by the index
-maps, so each grid step ``(b, h, i, j)`` loads KV tile ``kv_idx[i, j]``. Steps past a row's
+Design of jax's splash attention (jax-ml/jax
+``jax/experimental/pallas/ops/tpu/splash_attention/splash_attention_kernel.py``), with the
+online softmax and backward of FlashAttention-2 (Dao, arXiv 2307.08691): the plan tables are
+scalar-prefetched into SMEM and read by the index maps, so each grid step ``(b, h, i, j)`` loads
+KV tile ``kv_idx[i, j]``. Steps past a row's
 count repeat the last index (no new DMA) and skip compute. Partial tiles evaluate the mask
 predicate on int32 iota tiles offset by the GLOBAL tile index from the table (never the grid
 index). Online softmax in natural base with f32 m/l/acc scratch; a row that saw no allowed key
-writes O = 0, LSE = -inf (kernels.md §3.2.6, §10).
+writes O = 0, LSE = -inf (the empty-row contract shared by every bdiff backend).
 
-Segment ids (splash ``SegmentIds``, kernels.md §4.3): optional int32 ``q_seg [b, Tq]``,
+Segment ids (splash ``SegmentIds``): optional int32 ``q_seg [b, Tq]``,
 ``kv_seg [b, Tk]``; an element is allowed iff the plan allows it and the segments are equal.
 Each grid step loads the segment tiles of its query and KV tiles through BlockSpecs (a column
 ``[bq, 1]`` against a row ``[1, bk]``) and compares them in the kernel, on FULL tiles too (the
-plan knows nothing of segments). Splash broadcasts them to 128 lanes / 8 sublanes to suit TPU
-layouts; that is a tuning step left for the hardware.
+plan knows nothing of segments). Key-side segment rows are stored one row per tile
+([b, n_tiles, 1, block]) so a tile's block spans the array's last two dims whatever the block.
+
+Tile sizes: any multiple of 8 (the sublane count), not only multiples of 128. Mosaic requires
+a block's last two dims to be multiples of (8, 128) or the array's whole dims; row statistics
+are therefore lane-replicated columns [T, 128] (m, l, lse in the forward; lse, di for dQ) and
+sublane-replicated rows per tile [n_tiles, 8, block_q] for dK/dV, as splash lays them out.
+``tests/kernels/test_bsa_tpu_lowering.py`` lowers (and, with libtpu, compiles) every case.
 
 Backward: dQ over the forward lists (same grid), dK/dV over the transposed lists with grid
 ``(b, kv_head, kv_tile, group, t)`` so the GQA heads of a group and the query tiles reduce
 into one output block written over consecutive steps; the dK/dV body works on transposed
 score tiles (kᵀ-major, as splash does) so every matmul is NN or NT.
 
-Runs on TPU, and on CPU with ``interpret=True`` or ``pltpu.InterpretParams()`` (§8). Layout
+Runs on TPU, and on CPU with ``interpret=True`` or ``pltpu.InterpretParams()``. Layout
 inside: [b, heads, T, d]; lengths padded to tile multiples here (the plan masks padded keys).
 """
 from __future__ import annotations

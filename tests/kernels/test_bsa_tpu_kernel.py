@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax._src.pallas.mosaic.interpret import interpret_pallas_call  # race report: private in 0.11.2
 from jax.experimental.pallas import tpu as pltpu
 
 from bdiff import masks
@@ -127,8 +128,6 @@ def test_kernel_under_tpu_interpret_params_has_no_races_or_uninitialised_reads(s
   dout = jax.random.normal(jax.random.key(15), out.shape)
   grads = tpu.backward(hm(q), hm(k), hm(v), out, lse, dout, jnp.zeros_like(lse), plan,
                        scale=0.3, segment_ids=seg, interpret=params)
-  # jax 0.11.2 exposes the race report only privately.
-  from jax._src.pallas.mosaic.interpret import interpret_pallas_call  # pylint: disable=g-import-not-at-top
   assert not interpret_pallas_call.races.races_found
   out_r, lse_r = api.block_sparse_attention(q, k, v, plan, scale=0.3, backend="reference",
                                             segment_ids=seg, return_lse=True)
