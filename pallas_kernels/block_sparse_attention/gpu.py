@@ -74,20 +74,18 @@ class _Config:
   stages: int
   segments: bool
   p_in_smem: bool
-  dtype: object
 
-  def wgs(self, grid_tile: str) -> int:
-    """Compute warpgroups per CTA: 64 query rows ("qb": forward, dQ) or 64 keys ("kb":
-    dK/dV) each."""
-    return (self.block_q if grid_tile == "qb" else self.block_k) // WG_ROWS
+  @property
+  def compute_wgs(self) -> int:
+    return self.block_q // WG_ROWS
 
-  def allowed(self, q_start, k_start, shape, transposed: bool = False):
-    """bool ``shape`` in the WGMMA layout: the plan's predicate on queries ``q_start + i``
-    and keys ``k_start + j`` (queries along columns, keys along rows if ``transposed``)."""
+  def allowed(self, row0, kv_tile, shape):
+    """bool [rows, cols] in the WGMMA layout: the plan's predicate on rows ``row0 + i`` and
+    keys of GLOBAL KV tile ``kv_tile``."""
     iota = functools.partial(plgpu.broadcasted_iota, jnp.int32, shape,
                              layout=plgpu.Layout.WGMMA)
-    q_dim, k_dim = (1, 0) if transposed else (0, 1)
-    q, k = iota(q_dim) + q_start, iota(k_dim) + k_start
+    q = iota(0) + row0
+    k = iota(1) + kv_tile * self.block_k
     return _lowerable_predicate(self.mask.predicate, q, k) & (k < self.kv_len)
 
 
@@ -187,31 +185,33 @@ def _slot(j, stages: int):
 
 
 # --------------------------------------------------------------------------------------------
-# Pieces shared by the three kernels: scratch, TMA streams, masking, stores.
+# Forward.
 
 
-def _add_buffers(scratch, count: int, specs):
-  """Adds ``count`` SMEM tiles and a TMA "ready" barrier each per (name, shape, dtype, 16-bit
-  wgmma operand?) spec: one per compute warpgroup, or one per ring slot."""
-  for name, shape, dtype, operand in specs:
-    transforms = _smem_transforms() if operand else ()
-    scratch[name] = plgpu.SMEM((count,) + shape, dtype, transforms=transforms)
-    scratch[name + "_ready"] = plgpu.Barrier(num_barriers=count)
-
-
-def _scratch(cfg: _Config, wgs: int, own, ring, frees, a_cols: int):
-  """Scratch of one CTA as a dict: ``own`` tiles per compute warpgroup, ``ring`` tiles per
-  stage, "free" barriers per stage (all compute warpgroups arrive), the schedule barrier
-  (two compute warpgroups) and the SMEM A operand [64, a_cols] when ``cfg.p_in_smem``."""
-  scratch = {}
-  _add_buffers(scratch, wgs, own)
-  _add_buffers(scratch, cfg.stages, ring)
-  for name in frees:
-    scratch[name] = plgpu.Barrier(num_arrivals=wgs, num_barriers=cfg.stages)
+def _fwd_scratch(cfg: _Config, dtype):
+  """Shared-memory buffers and barriers of one CTA, as a dict (the kernel's last argument)."""
+  wgs, s, bk, d = cfg.compute_wgs, cfg.stages, cfg.block_k, cfg.head_dim
+  tr = _smem_transforms()
+  scratch = {
+      "q": plgpu.SMEM((wgs, WG_ROWS, d), dtype, transforms=tr),  # Q in, then O out
+      "k": plgpu.SMEM((s, bk, d), dtype, transforms=tr),
+      "v": plgpu.SMEM((s, bk, d), dtype, transforms=tr),
+      "lse": plgpu.SMEM((wgs, WG_ROWS), jnp.float32),
+      "q_ready": plgpu.Barrier(num_barriers=wgs),
+      "k_ready": plgpu.Barrier(num_barriers=s),
+      "v_ready": plgpu.Barrier(num_barriers=s),
+      "k_free": plgpu.Barrier(num_arrivals=wgs, num_barriers=s),
+      "v_free": plgpu.Barrier(num_arrivals=wgs, num_barriers=s),
+  }
   if wgs > 1:
     scratch["schedule"] = plgpu.Barrier(num_arrivals=wgs)
   if cfg.p_in_smem:
-    scratch["a"] = plgpu.SMEM((wgs, WG_ROWS, a_cols), cfg.dtype, transforms=_smem_transforms())
+    scratch["p"] = plgpu.SMEM((wgs, WG_ROWS, bk), dtype, transforms=tr)
+  if cfg.segments:
+    scratch["q_seg"] = plgpu.SMEM((wgs, WG_ROWS), jnp.int32)
+    scratch["kv_seg"] = plgpu.SMEM((s, bk), jnp.int32)
+    scratch["q_seg_ready"] = plgpu.Barrier(num_barriers=wgs)
+    scratch["kv_seg_ready"] = plgpu.Barrier(num_barriers=s)
   return scratch
 
 
@@ -222,140 +222,45 @@ def _schedule(scr):
     plgpu.barrier_wait(scr["schedule"])
 
 
-def _memory_thread(stages: int, cnt, streams, scr):
-  """TMA the tiles of list entries ``j < cnt`` into the shared-memory ring, ``stages`` ahead.
+def _memory_thread(cfg: _Config, cnt, tile_at, kv_srcs, scr):
+  """TMA the listed KV tiles (and their segment ids) into the ring, ``stages`` ahead.
 
-  ``streams``: (source(j) -> GMEM ref view, SMEM key, free-barrier key). A slot is refilled
-  once the compute warpgroups released it (its free barrier); the drain loop waits for the
-  last releases too, so every completion of a free barrier is observed (the GPU
+  A slot is refilled once both compute warpgroups released it; the drain loop waits for the
+  last releases too, so every completion of a "free" barrier is observed (the GPU
   interpreter checks that when the barriers are deallocated).
   """
-  free_keys = list(dict.fromkeys(free for _, _, free in streams))
+  bk, stages = cfg.block_k, cfg.stages
+  k_src, v_src, seg_src = kv_srcs
 
   @pl.loop(0, cnt)
   def _issue(j):
     slot = _slot(j, stages)
-    waited = set()
-    for source, buf, free in streams:
-      if free not in waited:
-        waited.add(free)
-        pl.when(j >= stages)(lambda free=free: plgpu.barrier_wait(scr[free].at[slot]))
-      plgpu.copy_gmem_to_smem(source(j), scr[buf].at[slot], scr[buf + "_ready"].at[slot])
+    rows = pl.ds(tile_at(j) * bk, bk)
+    reuse = j >= stages
+    pl.when(reuse)(lambda: plgpu.barrier_wait(scr["k_free"].at[slot]))
+    plgpu.copy_gmem_to_smem(k_src.at[rows], scr["k"].at[slot], scr["k_ready"].at[slot])
+    pl.when(reuse)(lambda: plgpu.barrier_wait(scr["v_free"].at[slot]))
+    plgpu.copy_gmem_to_smem(v_src.at[rows], scr["v"].at[slot], scr["v_ready"].at[slot])
+    if seg_src is not None:  # read with the scores, released with V
+      plgpu.copy_gmem_to_smem(seg_src.at[rows], scr["kv_seg"].at[slot],
+                              scr["kv_seg_ready"].at[slot])
 
   @pl.loop(jnp.maximum(cnt - stages, 0), cnt)
   def _drain(j):
-    for free in free_keys:
-      plgpu.barrier_wait(scr[free].at[_slot(j, stages)])
+    slot = _slot(j, stages)
+    plgpu.barrier_wait(scr["k_free"].at[slot])
+    plgpu.barrier_wait(scr["v_free"].at[slot])
 
 
-def _load_own(scr, wg, copies):
-  """TMA a compute warpgroup's own tiles ((GMEM source, SMEM key) pairs) and wait."""
-  for source, buf in copies:
-    plgpu.copy_gmem_to_smem(source, scr[buf].at[wg], scr[buf + "_ready"].at[wg])
-  for _, buf in copies:
-    plgpu.barrier_wait(scr[buf + "_ready"].at[wg])
-
-
-def _vector(ref, dim: int):
-  """A 1-D SMEM tile as a per-row (``dim=1``) or per-column (``dim=0``) WGMMA vector."""
-  return plgpu.load(ref, layout=plgpu.Layout.WGMMA.reduce(dim))
-
-
-def _ring_vector(scr, buf, slot, dim: int):
-  plgpu.barrier_wait(scr[buf + "_ready"].at[slot])
-  return _vector(scr[buf].at[slot], dim)
-
-
-def _masked_scores(cfg: _Config, s, starts, full, segs, transposed: bool = False):
-  """Scores with -inf where not allowed: the predicate on partial tiles only, segment ids
-  ((row ids, column ids) or None) on every tile. ``starts``: first query and key position."""
-  if segs is not None:
-    s = jnp.where(_rows(segs[0], s.shape) == _cols(segs[1], s.shape), s, -jnp.inf)
-  return lax.cond(
-      full, lambda x: x,
-      lambda x: jnp.where(cfg.allowed(*starts, x.shape, transposed), x, -jnp.inf), s)
-
-
-def _a_operand(cfg: _Config, x, scr, wg):
-  """A register tile as a wgmma A operand: as is on the GPU, through SMEM if p_in_smem."""
-  if not cfg.p_in_smem:
-    return x
-  ref = scr["a"].at[wg]
-  ref[...] = x.astype(cfg.dtype)
-  plgpu.commit_smem()
-  return ref
-
-
-def _store(pairs):
-  """Registers -> SMEM -> GMEM for (value, SMEM ref, GMEM destination) pairs."""
-  for x, smem, _ in pairs:
-    smem[...] = x.astype(smem.dtype)
-  plgpu.commit_smem()
-  for _, smem, dst in pairs:
-    plgpu.copy_smem_to_gmem(smem, dst)
-  plgpu.wait_smem_to_gmem(0)
-
-
-def _zeros(shape):
-  layout = plgpu.Layout.WGMMA if len(shape) == 2 else plgpu.Layout.WGMMA.reduce(1)
-  return plgpu.layout_cast(jnp.zeros(shape, jnp.float32), layout)
-
-
-def _base2_lse(lse):
-  """Natural-log LSE -> log2 units; empty rows (-inf) -> 0 (all their scores are -inf)."""
-  return jnp.where(lse == -jnp.inf, 0.0, lse * _LOG2E)
-
-
-def _list_kernel(cfg: _Config, tables, grid_tile: str, scr, compute, streams):
-  """Role split of a CTA at grid point (b, h, i): the compute warpgroups run
-  ``compute(b, h, i, wg, cnt, tile_at, full_at)``, the last warpgroup streams the tiles of
-  ``streams(b, h, tile_at)`` for the ``cnt`` entries of the CTA's list."""
-  cnt_ref, idx_ref, full_ref = tables
-  b, h, i = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index(grid_tile)
-  wg = lax.axis_index("wg")
-  cnt = cnt_ref[b, h, i]
-  tile_at = lambda j: idx_ref[b, h, i, j]
-  full_at = lambda j: full_ref[b, h, i, j] != 0
-  wgs = cfg.wgs(grid_tile)
-
-  @pl.when(wg < wgs)
-  def _compute():
-    plgpu.set_max_registers(_COMPUTE_REGISTERS, action="increase")
-    compute(b, h, i, wg, cnt, tile_at, full_at)
-
-  @pl.when(wg == wgs)
-  def _memory():
-    plgpu.set_max_registers(_MEMORY_REGISTERS, action="decrease")
-    _memory_thread(cfg.stages, cnt, streams(b, h, tile_at), scr)
-
-
-# --------------------------------------------------------------------------------------------
-# Forward.
-
-
-def _fwd_step(cfg: _Config, j, carry, *, tables, q_seg, row0, wg, scr):
-  """One listed KV tile: S = QKᵀ, mask, online softmax, acc += PV; releases the slot."""
-  acc, m, l = carry
-  tile_at, full_at = tables
-  slot = _slot(j, cfg.stages)
-  plgpu.barrier_wait(scr["k_ready"].at[slot])
-  s = _wgmma(scr["q"].at[wg], scr["k"].at[slot].transpose((1, 0)), (WG_ROWS, cfg.block_k),
-             after_issue=lambda: _schedule(scr))
-  plgpu.barrier_arrive(scr["k_free"].at[slot])
-  segs = None if q_seg is None else (q_seg, _ring_vector(scr, "kv_seg", slot, 0))
-  s = _masked_scores(cfg, s * (cfg.scale * _LOG2E), (row0, tile_at(j) * cfg.block_k),
-                     full_at(j), segs)
-  p, m, l, acc = _softmax_step(s, m, l, acc)
-  p = p.astype(cfg.dtype)
-  if "schedule" in scr:
-    plgpu.barrier_arrive(scr["schedule"])  # softmax done
-  plgpu.barrier_wait(scr["v_ready"].at[slot])
-  if "schedule" in scr:
-    plgpu.barrier_wait(scr["schedule"])  # tensor cores free
-  acc = acc + _wgmma(_a_operand(cfg, p, scr, wg), scr["v"].at[slot],
-                     (WG_ROWS, cfg.head_dim))
-  plgpu.barrier_arrive(scr["v_free"].at[slot])
-  return acc, m, l
+def _masked_scores(cfg: _Config, s, row0, kv_tile, full, q_seg, scr, slot):
+  """Scores with -inf where not allowed: the predicate on partial tiles only, segment ids on
+  every tile."""
+  if q_seg is not None:
+    plgpu.barrier_wait(scr["kv_seg_ready"].at[slot])
+    kv_seg = plgpu.load(scr["kv_seg"].at[slot], layout=plgpu.Layout.WGMMA.reduce(0))
+    s = jnp.where(_rows(q_seg, s.shape) == _cols(kv_seg, s.shape), s, -jnp.inf)
+  return lax.cond(full, lambda x: x,
+                  lambda x: jnp.where(cfg.allowed(row0, kv_tile, x.shape), x, -jnp.inf), s)
 
 
 def _softmax_step(s, m, l, acc):
@@ -368,66 +273,98 @@ def _softmax_step(s, m, l, acc):
   return p, m_new, l * alpha + p.sum(axis=1), acc * _rows(alpha, acc.shape)
 
 
+def _fwd_step(cfg: _Config, j, carry, *, tables, q_smem, q_seg, row0, wg, scr):
+  """One listed KV tile: S = QKᵀ, mask, online softmax, acc += PV; releases the slot."""
+  acc, m, l = carry
+  tile_at, full_at = tables
+  slot = _slot(j, cfg.stages)
+  kv_tile = tile_at(j)
+  plgpu.barrier_wait(scr["k_ready"].at[slot])
+  s = _wgmma(q_smem, scr["k"].at[slot].transpose((1, 0)), (WG_ROWS, cfg.block_k),
+             after_issue=lambda: _schedule(scr))
+  plgpu.barrier_arrive(scr["k_free"].at[slot])
+  s = _masked_scores(cfg, s * (cfg.scale * _LOG2E), row0, kv_tile, full_at(j), q_seg, scr,
+                     slot)
+  p, m, l, acc = _softmax_step(s, m, l, acc)
+  p = p.astype(q_smem.dtype)
+  if "schedule" in scr:
+    plgpu.barrier_arrive(scr["schedule"])  # softmax done
+  plgpu.barrier_wait(scr["v_ready"].at[slot])
+  if "schedule" in scr:
+    plgpu.barrier_wait(scr["schedule"])  # tensor cores free
+  if cfg.p_in_smem:
+    p_smem = scr["p"].at[wg]
+    p_smem[...] = p
+    plgpu.commit_smem()
+    p = p_smem
+  acc = acc + _wgmma(p, scr["v"].at[slot], (WG_ROWS, cfg.head_dim))
+  plgpu.barrier_arrive(scr["v_free"].at[slot])
+  return acc, m, l
+
+
+def _compute_thread(cfg: _Config, cnt, tables, io, scr, row0, wg):
+  """Query rows ``row0 + [0, 64)``: load Q, run the listed KV tiles, write O and LSE."""
+  q_src, seg_src, o_dst, lse_dst = io
+  q_smem = scr["q"].at[wg]
+  plgpu.copy_gmem_to_smem(q_src, q_smem, scr["q_ready"].at[wg])
+  q_seg = None
+  if seg_src is not None:
+    plgpu.copy_gmem_to_smem(seg_src, scr["q_seg"].at[wg], scr["q_seg_ready"].at[wg])
+    plgpu.barrier_wait(scr["q_seg_ready"].at[wg])
+    q_seg = plgpu.load(scr["q_seg"].at[wg], layout=plgpu.Layout.WGMMA.reduce(1))
+  plgpu.barrier_wait(scr["q_ready"].at[wg])
+  row_layout = plgpu.Layout.WGMMA.reduce(1)
+  m = plgpu.layout_cast(jnp.full((WG_ROWS,), -jnp.inf, jnp.float32), row_layout)
+  l = plgpu.layout_cast(jnp.full((WG_ROWS,), 0.0, jnp.float32), row_layout)
+  acc = plgpu.layout_cast(jnp.full((WG_ROWS, cfg.head_dim), 0.0, jnp.float32),
+                          plgpu.Layout.WGMMA)
+  pl.when(wg == 1)(lambda: _schedule(scr))
+  step = functools.partial(_fwd_step, cfg, tables=tables, q_smem=q_smem, q_seg=q_seg,
+                           row0=row0, wg=wg, scr=scr)
+  acc, m, l = lax.fori_loop(0, cnt, step, (acc, m, l))
+  pl.when(wg == 0)(lambda: _schedule(scr))
+  empty = l == 0.0  # no allowed key in the row: O = 0, LSE = -inf
+  safe_l = jnp.where(empty, 1.0, l)
+  q_smem[...] = jnp.where(_rows(empty, acc.shape), 0.0,
+                          acc / _rows(safe_l, acc.shape)).astype(q_smem.dtype)
+  scr["lse"].at[wg][...] = jnp.where(empty, -jnp.inf, (m + jnp.log2(safe_l)) * _LN2)
+  plgpu.commit_smem()
+  plgpu.copy_smem_to_gmem(q_smem, o_dst)
+  plgpu.copy_smem_to_gmem(scr["lse"].at[wg], lse_dst)
+  plgpu.wait_smem_to_gmem(0)
+
+
 def _fwd_kernel(cfg: _Config, cnt_ref, idx_ref, full_ref, q_ref, k_ref, v_ref, *refs):
   *seg_refs, o_ref, lse_ref, scr = refs
   q_seg_ref, kv_seg_ref = seg_refs if cfg.segments else (None, None)
+  b, h, i = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("qb")
+  wg = lax.axis_index("wg")
+  cnt = cnt_ref[b, h, i]
+  tile_at = lambda j: idx_ref[b, h, i, j]
+  full_at = lambda j: full_ref[b, h, i, j] != 0
 
-  def compute(b, h, i, wg, cnt, tile_at, full_at):
+  @pl.when(wg < cfg.compute_wgs)
+  def _compute():
+    plgpu.set_max_registers(_COMPUTE_REGISTERS, action="increase")
     row0 = i * cfg.block_q + wg * WG_ROWS
     rows = pl.ds(row0, WG_ROWS)
-    copies = [(q_ref.at[b, h, rows], "q")]
-    if q_seg_ref is not None:
-      copies.append((q_seg_ref.at[b, rows], "q_seg"))
-    _load_own(scr, wg, copies)
-    q_seg = None if q_seg_ref is None else _vector(scr["q_seg"].at[wg], 1)
-    carry = (_zeros((WG_ROWS, cfg.head_dim)),
-             plgpu.layout_cast(jnp.full((WG_ROWS,), -jnp.inf, jnp.float32),
-                               plgpu.Layout.WGMMA.reduce(1)), _zeros((WG_ROWS,)))
-    pl.when(wg == 1)(lambda: _schedule(scr))
-    step = functools.partial(_fwd_step, cfg, tables=(tile_at, full_at), q_seg=q_seg,
-                             row0=row0, wg=wg, scr=scr)
-    acc, m, l = lax.fori_loop(0, cnt, step, carry)
-    pl.when(wg == 0)(lambda: _schedule(scr))
-    empty = l == 0.0  # no allowed key in the row: O = 0, LSE = -inf
-    safe_l = jnp.where(empty, 1.0, l)
-    out = jnp.where(_rows(empty, acc.shape), 0.0, acc / _rows(safe_l, acc.shape))
-    lse = jnp.where(empty, -jnp.inf, (m + jnp.log2(safe_l)) * _LN2)
-    _store([(out, scr["q"].at[wg], o_ref.at[b, h, rows]),
-            (lse, scr["lse"].at[wg], lse_ref.at[b, h, rows])])
+    io = (q_ref.at[b, h, rows], None if q_seg_ref is None else q_seg_ref.at[b, rows],
+          o_ref.at[b, h, rows], lse_ref.at[b, h, rows])
+    _compute_thread(cfg, cnt, (tile_at, full_at), io, scr, row0, wg)
 
-  _list_kernel(cfg, (cnt_ref, idx_ref, full_ref), "qb", scr, compute,
-               functools.partial(_kv_streams, cfg, (k_ref, v_ref, kv_seg_ref),
-                                 ("k_free", "v_free")))
-
-
-def _kv_streams(cfg: _Config, refs, frees, b, h, tile_at):
-  """K, V (and key segment ids, released with V) tiles of the listed KV tiles."""
-  k_ref, v_ref, seg_ref = refs
-  kv_head = lax.div(h, jnp.asarray(cfg.group, h.dtype))
-  rows = lambda j: pl.ds(tile_at(j) * cfg.block_k, cfg.block_k)
-  streams = [(lambda j: k_ref.at[b, kv_head, rows(j)], "k", frees[0]),
-             (lambda j: v_ref.at[b, kv_head, rows(j)], "v", frees[1])]
-  if seg_ref is not None:
-    streams.append((lambda j: seg_ref.at[b, rows(j)], "kv_seg", frees[1]))
-  return streams
-
-
-def _fwd_scratch(cfg: _Config):
-  wgs, bk, d = cfg.wgs("qb"), cfg.block_k, cfg.head_dim
-  own = [("q", (WG_ROWS, d), cfg.dtype, True),  # Q in, then O out
-         ("lse", (WG_ROWS,), jnp.float32, False)]
-  ring = [("k", (bk, d), cfg.dtype, True), ("v", (bk, d), cfg.dtype, True)]
-  if cfg.segments:
-    own.append(("q_seg", (WG_ROWS,), jnp.int32, False))
-    ring.append(("kv_seg", (bk,), jnp.int32, False))
-  return _scratch(cfg, wgs, own, ring, ("k_free", "v_free"), bk)
+  @pl.when(wg == cfg.compute_wgs)
+  def _memory():
+    plgpu.set_max_registers(_MEMORY_REGISTERS, action="decrease")
+    kv_head = lax.div(h, jnp.asarray(cfg.group, h.dtype))
+    srcs = (k_ref.at[b, kv_head], v_ref.at[b, kv_head],
+            None if kv_seg_ref is None else kv_seg_ref.at[b])
+    _memory_thread(cfg, cnt, tile_at, srcs, scr)
 
 
 def _config(plan, q, k, scale, segments, stages, p_in_smem) -> _Config:
   return _Config(mask=plan.mask, kv_len=plan.kv_len, block_q=plan.block_q,
                  block_k=plan.block_k, head_dim=q.shape[-1], group=q.shape[1] // k.shape[1],
-                 scale=float(scale), stages=stages, segments=segments, p_in_smem=p_in_smem,
-                 dtype=jnp.dtype(q.dtype))
+                 scale=float(scale), stages=stages, segments=segments, p_in_smem=p_in_smem)
 
 
 def _padded_segments(segment_ids, bq: int, bk: int):
@@ -435,15 +372,6 @@ def _padded_segments(segment_ids, bq: int, bk: int):
     return ()
   q_seg, kv_seg = (x.astype(jnp.int32) for x in segment_ids)
   return _pad_seq(q_seg, bq, axis=1), _pad_seq(kv_seg, bk, axis=1)
-
-
-def _call(cfg: _Config, body, out_type, scratch, grid_tile: str, num_tiles: int, interpret):
-  b, h = out_type[0].shape[:2]
-  return plgpu.kernel(
-      functools.partial(body, cfg), out_type=out_type, scratch_types=[scratch],
-      grid=(b, h, num_tiles), grid_names=("b", "h", grid_tile),
-      num_threads=cfg.wgs(grid_tile) + 1, thread_name="wg",
-      compiler_params=plgpu.CompilerParams(approx_math=True), interpret=interpret)
 
 
 def forward(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float, segment_ids=None,
@@ -471,9 +399,14 @@ def forward(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float, segment_ids=N
   qp = _pad_seq(q, cfg.block_q)
   kp, vp = _pad_seq(k, cfg.block_k), _pad_seq(v, cfg.block_k)
   tables = [_per_head(x, b, h) for x in (plan.kv_count, plan.kv_idx, plan.kv_full)]
-  out_type = [jax.ShapeDtypeStruct(qp.shape, q.dtype),
-              jax.ShapeDtypeStruct(qp.shape[:3], jnp.float32)]
-  out, lse = _call(cfg, _fwd_kernel, out_type, _fwd_scratch(cfg), "qb", plan.num_q_tiles,
-                   interpret)(*tables, qp, kp, vp,
-                              *_padded_segments(segment_ids, cfg.block_q, cfg.block_k))
+  out, lse = plgpu.kernel(
+      functools.partial(_fwd_kernel, cfg),
+      out_type=[jax.ShapeDtypeStruct(qp.shape, q.dtype),
+                jax.ShapeDtypeStruct(qp.shape[:3], jnp.float32)],
+      scratch_types=[_fwd_scratch(cfg, q.dtype)],
+      grid=(b, h, plan.num_q_tiles), grid_names=("b", "h", "qb"),
+      num_threads=cfg.compute_wgs + 1, thread_name="wg",
+      compiler_params=plgpu.CompilerParams(approx_math=True),
+      interpret=interpret,
+  )(*tables, qp, kp, vp, *_padded_segments(segment_ids, cfg.block_q, cfg.block_k))
   return out[:, :, :lq], lse[:, :, :lq]
