@@ -15,7 +15,7 @@ from bdiff.data import default_data_config, validate_data_config
 from bdiff.diffusion import default_diffusion_config, validate_diffusion_config
 from bdiff.models import default_model_config, validate_model_config
 from bdiff import sharding as sharding_lib
-from bdiff.sampling import default_sample_config, validate_sample_config
+from bdiff.sampling import default_sample_config, validate_run_sample_config
 
 SECTIONS = ("model", "diffusion", "data", "optim", "train", "mesh", "sample", "eval")
 
@@ -109,7 +109,7 @@ def validate(cfg, mesh_shape: tuple[int, ...] | None = None) -> None:
     raise ValueError(f"train.global_batch={cfg.train.global_batch} must be divisible by "
                      f"mesh data*fsdp={batch_shards}")
   _validate_packing(cfg)
-  validate_sample_config(cfg.sample, cfg.diffusion.block_size, cfg.diffusion.token_shift)
+  validate_run_sample_config(cfg)
 
 
 def _validate_packing(cfg) -> None:

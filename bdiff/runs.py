@@ -4,12 +4,14 @@ This is the run level: it sits above ``bdiff.train`` (checkpoints, model state) 
 ``bdiff.sampling`` (the compiled loop) and is what ``bdiff.eval`` and the CLI build on.
 :func:`restore_params` loads the params of a run (EMA when present).
 
-:class:`Sampler` wraps :func:`generate.generate` for host-side use: it encodes prompts (with the
-configured ``sample.prompt_prefix`` token and ``sample.max_prompt_len``), packs them into
-fixed-shape batches (so one compile serves every batch), keys each prompt's RNG by its index in
-the input (a prompt's output does not depend on how the input is batched), splits batches over
-the mesh's data axes when they divide evenly, and times each batch with compilation excluded
-(compile time is recorded apart).
+:class:`Sampler` wraps :func:`generate.generate` for host-side use: it encodes prompts in the
+layout the run was trained with (``sample.prompt_prefix="auto"``) and within the trained
+context (longer prompts keep their last ``sample.max_prompt_len`` or ``train.seq_len`` tokens,
+with a warning), packs them into fixed-shape batches (one compile serves every full batch; a
+last or only batch is padded to a power of two, not to ``sample.batch_size``), keys each
+prompt's RNG by its index in the input (a prompt's output does not depend on how the input is
+batched), splits batches over the mesh's data axes when they divide evenly, and times each
+batch with compilation excluded (compile time is recorded apart).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import dataclasses
 import json
 import logging
 import time
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -26,6 +29,7 @@ import tqdm
 from bdiff import config as config_lib
 from bdiff import data as data_lib
 from bdiff import sharding as sharding_lib
+from bdiff.sampling import config as sample_config
 from bdiff.sampling import generate as gen
 from bdiff.train import checkpointing
 from bdiff.train import state as state_lib
@@ -35,6 +39,18 @@ log = logging.getLogger("bdiff")
 
 def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
+
+
+def padded_batch(n: int, batch_size: int, shards: int = 1) -> int:
+  """Rows to compile for a batch of ``n`` prompts: ``batch_size`` when full, else less.
+
+  A short (last or only) batch is padded to the next power of two, rounded up to the mesh's
+  batch shards and capped at ``batch_size``: never more rows than the work needs (within 2x),
+  and few distinct shapes (compiles) however many prompts a call brings.
+  """
+  if n >= batch_size:
+    return batch_size
+  return min(batch_size, _round_up(1 << max(n - 1, 0).bit_length(), shards))
 
 
 def restore_params(workdir: str, cfg=None, *, mesh=None, use_ema: bool = True):
@@ -65,7 +81,10 @@ class Sampler:
   compile_seconds: float = dataclasses.field(init=False, default=0.0)
 
   def __post_init__(self):
+    sample_config.validate_run_sample_config(self.cfg)
     self.config = gen.SamplerConfig.from_config(self.cfg, eos_id=self.tokenizer.eos_id)
+    self.prompt_prefix = sample_config.prompt_prefix(self.cfg)
+    self.max_prompt_len = sample_config.prompt_limit(self.cfg)
     self._compiled: dict[tuple[int, int], Any] = {}
     self._mesh = sharding_lib.make_mesh(self.cfg.mesh) if self.use_mesh else None
 
@@ -75,27 +94,49 @@ class Sampler:
     cfg, params, tokenizer = restore_params(workdir, cfg)
     return cls(cfg, params, tokenizer)
 
+  @property
+  def compiled_shapes(self) -> list[tuple[int, int]]:
+    """The ``(batch, prompt width)`` shapes compiled so far."""
+    return sorted(self._compiled)
+
   def encode(self, text: str) -> np.ndarray:
-    """Prompt tokens: the configured prefix token, then the text (last tokens if too long)."""
-    s = self.cfg.sample
-    prefix = {"none": [], "bos": [self.tokenizer.bos_id], "eos": [self.tokenizer.eos_id]}
-    ids = np.asarray(prefix[s.prompt_prefix] + list(self.tokenizer.encode(text)), np.int32)
-    if s.max_prompt_len and len(ids) > s.max_prompt_len:
-      ids = ids[-s.max_prompt_len:]
-    if not len(ids):
-      raise ValueError("empty prompt: set sample.prompt_prefix to 'bos' or 'eos' to sample "
-                       "from nothing")
+    """Prompt tokens: the prefix token, then the text; its last tokens if over the limit."""
+    ids, full = self._encode(text)
+    if full > len(ids):
+      warnings.warn(self._truncation_message(1, 1, full), stacklevel=2)
     return ids
+
+  def _encode(self, text: str) -> tuple[np.ndarray, int]:
+    """``(tokens within the limit, untruncated length)``."""
+    prefix = {"none": [], "bos": [self.tokenizer.bos_id],
+              "eos": [self.tokenizer.eos_id]}[self.prompt_prefix]
+    ids = np.asarray(prefix + list(self.tokenizer.encode(text)), np.int32)
+    if not len(ids):
+      raise ValueError(f"empty prompt: the run's prompt layout has no prefix token "
+                       f"(sample.prompt_prefix={self.cfg.sample.prompt_prefix!r} -> "
+                       f"{self.prompt_prefix!r}); set sample.prompt_prefix to 'bos' or 'eos' "
+                       "to sample from nothing")
+    return ids[-self.max_prompt_len:], len(ids)
+
+  def _truncation_message(self, count: int, total: int, longest: int) -> str:
+    source = ("sample.max_prompt_len" if self.cfg.sample.max_prompt_len
+              else "train.seq_len, the trained context")
+    return (f"{count} of {total} prompts (up to {longest} tokens) exceed the prompt limit of "
+            f"{self.max_prompt_len} tokens ({source}) and were truncated to their last "
+            f"{self.max_prompt_len} tokens; set sample.max_prompt_len to change the limit")
 
   def decode(self, tokens: Sequence[int]) -> str:
     """Text of generated tokens, stop tokens dropped."""
     return self.tokenizer.decode([t for t in tokens if t not in self.config.stop_ids])
 
+  def _batch_shards(self) -> int:
+    return self._mesh.shape["data"] * self._mesh.shape["fsdp"] if self._mesh else 1
+
   def _fn(self, batch: int, width: int):
     """The compiled sampler for one batch shape (compiled once; time kept apart)."""
     key = (batch, width)
     if key not in self._compiled:
-      shards = self._mesh.shape["data"] * self._mesh.shape["fsdp"] if self._mesh else 1
+      shards = self._batch_shards()
       if self._mesh is not None and shards > 1 and batch % shards == 0:
         fn = gen.make_sharded_generate(self.config, self._mesh)
       else:
@@ -135,14 +176,19 @@ class Sampler:
     ``tokens_per_forward`` and ``seconds`` (wall time of the batch the prompt was decoded in).
     """
     batch_size = batch_size or self.cfg.sample.batch_size
-    encoded = [self.encode(t) for t in texts]
+    pairs = [self._encode(t) for t in texts]
+    encoded = [ids for ids, _ in pairs]
+    over = [full for ids, full in pairs if full > len(ids)]
+    if over:
+      warnings.warn(self._truncation_message(len(over), len(texts), max(over)), stacklevel=2)
     width = _round_up(max((len(p) for p in encoded), default=1), max(self.config.block_size, 8))
     records = []
     starts = range(0, len(texts), batch_size)
     for lo in tqdm.tqdm(starts, desc="sample", disable=not progress):
       chunk = encoded[lo:lo + batch_size]
       ids = range(first_id + lo, first_id + lo + len(chunk))
-      out, seconds = self.generate_batch(chunk, ids, batch_size, width)
+      rows = padded_batch(len(chunk), batch_size, self._batch_shards())
+      out, seconds = self.generate_batch(chunk, ids, rows, width)
       for i, text in enumerate(texts[lo:lo + batch_size]):
         records.append(self._record(text, out, i, seconds))
     return records

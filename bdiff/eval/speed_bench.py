@@ -25,6 +25,7 @@ from bdiff import runs
 from bdiff.data import tasks as tasks_lib
 from bdiff.eval.tasks import format_table
 from bdiff.models import make_model
+from bdiff.sampling import config as sample_config
 from bdiff.sampling import generate as gen
 
 COLUMNS = (("setting", "{}"), ("batch", "{}"), ("tok/s", "{:.1f}"), ("tok/fwd", "{:.2f}"),
@@ -153,7 +154,8 @@ def main(cfg, workdir: str) -> list[dict]:
   task = cfg.eval.tasks.split(",")[0].strip()
   rows = []
   for batch in sorted({1, cfg.sample.batch_size}):
-    x, lengths = task_prompts(tokenizer, task, batch, cfg.eval.seed, cfg.sample.prompt_prefix)
+    x, lengths = task_prompts(tokenizer, task, batch, cfg.eval.seed,
+                              sample_config.prompt_prefix(cfg))
     rows.append({"setting": f"{config.strategy.name} B={config.block_size}", "batch": batch,
                  **bench(config, params, x, lengths)})
   print(format_table(rows, COLUMNS))

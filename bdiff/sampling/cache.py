@@ -1,24 +1,27 @@
-"""The sampler's exact block KV cache (block_diffusion.md §3.8, decoding.md §1.3-1.4).
+"""The sampler's exact block KV cache.
 
 The cache is preallocated for the whole row buffer, ``(k, v)`` each
 ``[n_layers, b, L, kv_heads, head_dim]``, holding post-RoPE keys at absolute (row-local)
-positions. A row's valid prefix is ``[0, cache_len[r])``; it only ever holds *clean* blocks,
-written once by the commit pass that re-runs the finished block (never the K/V of a denoising
-step, which saw [MASK] inputs). Rows advance independently, so every write and every
-validity test is per row (masked, fixed-shape); nothing is indexed dynamically by a traced
-length except the per-row window start.
+positions. A row's valid prefix is ``[0, blk_start[r])``; it only ever holds *clean* blocks,
+written once by the prefill or by the commit pass that re-runs a finished block (never the K/V
+of a denoising step, which saw [MASK] inputs). This is the cache of BD3-LM (Arriola et al.,
+ICLR 2025, kuleshov-group/bd3lms) and Fast-dLLM v2 (Wu et al., 2025). Rows advance
+independently, so every write and every validity test is per row (masked, fixed-shape);
+nothing is indexed dynamically by a traced length except the per-row window start.
 
-Exactness: a clean block's K/V depend only on blocks at or before it under the block-causal
-mask, so the cache equals what a full recomputation would produce (``exact = True``).
+Exactness: a clean block's K/V depend only on clean positions at or before it (block-causal
+or token-causal, as the model was trained, see ``window_masks``), so the cache equals what a
+full recomputation would produce (``EXACT = True``), and the sampler's tests check it against
+the no-cache reference token by token.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from bdiff import masks as masks_lib
+from bdiff.sampling import window_masks
 
-EXACT = True  # logged with results (decoding.md §1.4)
+EXACT = True  # the cache is exact, not an approximation (recorded with results)
 
 Cache = tuple[jax.Array, jax.Array]
 
@@ -55,19 +58,23 @@ def update_windows(x: jax.Array, new: jax.Array, start: jax.Array,
 
 
 def write_blocks(cache: Cache, new_kv: Cache, start: jax.Array, write: jax.Array) -> Cache:
-  """Write a block's ``(k, v)`` ``[n_layers, b, w, h, d]`` at per-row ``start`` where ``write``.
+  """Write a window's ``(k, v)`` ``[n_layers, b, w, h, d]`` at per-row ``start`` where ``write``.
 
-  One scatter per tensor on the cache's own ``[n_layers, b, L, ...]`` layout, indexed by
-  (row, position): a ``vmap`` of per-row slice updates over axis 1 made XLA transpose the whole
-  cache to rows-first and back (three full copies per iteration on CPU), while this scatter
-  updates the loop carry in place and touches only the ``b x w`` written slots. Rows that do
-  not write aim past the end (``L``) and are dropped.
+  ``write`` is ``[b]`` (whole windows) or ``[b, w]`` (per position). One scatter per tensor on
+  the cache's own ``[n_layers, b, L, ...]`` layout, indexed by (row, position): a ``vmap`` of
+  per-row slice updates over axis 1 made XLA transpose the whole cache to rows-first and back
+  (three full copies per iteration on CPU), while this scatter updates the loop carry in place
+  and touches only the ``b x w`` written slots. Slots that are not written aim past the end
+  (``L`` and beyond) and are dropped.
   """
   w, length = new_kv[0].shape[2], cache[0].shape[2]
-  rows = jnp.arange(start.shape[0], dtype=jnp.int32)[:, None]
-  pos = jnp.where(write, start, length)[:, None] + jnp.arange(w, dtype=jnp.int32)[None, :]
-  # Writing rows' windows lie inside [0, L) (clean blocks); the rest are all >= L. No index
-  # is negative, so ``.at`` never wraps one around.
+  b = start.shape[0]
+  write = jnp.broadcast_to(write.reshape(b, -1), (b, w))
+  rows = jnp.arange(b, dtype=jnp.int32)[:, None]
+  offset = jnp.arange(w, dtype=jnp.int32)[None, :]
+  # Written slots are clean positions inside [0, L) and precede the dropped ones (L + offset),
+  # so indices stay sorted and unique, and none is negative (``.at`` never wraps one around).
+  pos = jnp.where(write, start[:, None] + offset, length + offset)
   return tuple(c.at[:, rows, pos].set(n.astype(c.dtype), mode="drop", indices_are_sorted=True,
                                      unique_indices=True)
                for c, n in zip(cache, new_kv))
@@ -102,28 +109,52 @@ def window_segments(window_start: jax.Array, cache_size: int,
 
 
 def prefill(apply_fn, tokens: jax.Array, cache: Cache, clean_len: jax.Array,
-            block_size: int) -> tuple[Cache, jax.Array]:
-  """Run the prompts' whole blocks once and store their K/V (block_diffusion.md §3.8).
+            block_size: int, *, chunk: int, vocab_size: int, context_causal: bool = False
+            ) -> tuple[Cache, jax.Array]:
+  """Store the prompts' whole blocks in the cache, ``chunk`` positions per forward.
 
-  Every row's first ``clean_len[r] = ⌊P_r / B⌋·B`` tokens are clean prompt blocks; one forward
-  over the shared width ``tokens.shape[1]`` (a multiple of ``B``) under the block-causal mask
-  computes them, since later positions (prompt tails, [MASK]) cannot reach earlier blocks.
+  Every row's first ``clean_len[r] = (P_r // B) * B`` tokens are clean prompt blocks. Each
+  chunk is a cached forward of ``chunk`` queries against the cache filled so far, so a long
+  prompt costs ``chunk x (L + chunk)`` attention scores per forward (memory linear in the
+  prompt length) instead of one dense ``n x n`` pass. Later positions (prompt tails, [MASK],
+  padding) cannot reach earlier clean positions under either mask, so their K/V are computed
+  but never stored, and only positions below ``clean_len`` are written.
 
   Args:
-    apply_fn: ``apply_fn(tokens, positions, mask, cache=None, return_kv=True)``.
+    apply_fn: ``apply_fn(tokens, positions, mask, cache=, segment_ids=, return_kv=True)``.
     tokens: ``[b, n]`` row buffers' first ``n`` tokens, ``n % block_size == 0``.
-    cache: the preallocated cache.
+    cache: the preallocated cache (zeros).
     clean_len: ``[b]`` int32 number of tokens to store per row.
     block_size: B.
+    chunk: queries per forward, a multiple of B (clipped to ``n``).
+    vocab_size: V, the width of the returned logits.
+    context_causal: the model's clean stream is token-causal (else block-causal).
 
   Returns:
-    The updated cache and the prefill logits ``[b, n, V]``.
+    The filled cache and ``[b, V]`` logits at position ``clean_len - 1`` (zeros for rows with
+    no whole prompt block): the prediction of the first position after the clean prompt,
+    which token-shifted models use.
   """
   b, n = tokens.shape
-  positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
-  logits, (k, v) = apply_fn(tokens, positions, masks_lib.block_causal(n, n, block_size),
-                            return_kv=True)
-  keep = (jnp.arange(n)[None, :] < clean_len[:, None])[None, :, :, None, None]
-  cache = tuple(c.at[:, :, :n].set(jnp.where(keep, x.astype(c.dtype), 0))
-                for c, x in zip(cache, (k, v)))
-  return cache, logits
+  length = cache[0].shape[2]
+  chunk = min(chunk, n)
+  n_chunks = -(-n // chunk)
+  padded = jnp.pad(tokens, ((0, 0), (0, n_chunks * chunk - n)))
+  mask = window_masks.clean_mask(chunk, length, block_size, context_causal)
+  offset = jnp.arange(chunk, dtype=jnp.int32)
+
+  def body(c, carry):
+    cache, last = carry
+    start = c * chunk
+    pos = jnp.broadcast_to(start + offset, (b, chunk))
+    ws = jnp.full((b,), start, jnp.int32)
+    logits, kv = apply_fn(jax.lax.dynamic_slice_in_dim(padded, start, chunk, axis=1), pos,
+                          mask, cache=cache, segment_ids=window_segments(ws, length, chunk),
+                          return_kv=True)
+    cache = write_blocks(cache, kv, ws, pos < clean_len[:, None])
+    here = (clean_len - 1 >= start) & (clean_len - 1 < start + chunk)
+    at = gather_windows(logits, clean_len - 1 - start, 1)[:, 0]
+    return cache, jnp.where(here[:, None], at, last)
+
+  last = jnp.zeros((b, vocab_size), jnp.float32)
+  return jax.lax.fori_loop(0, n_chunks, body, (cache, last))

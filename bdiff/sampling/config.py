@@ -1,10 +1,14 @@
 """The ``sample`` config section: sampler loop settings and every decoding strategy's knobs.
 
-Loop keys are read by ``generate.py`` / ``run.py``; strategy keys mirror the fields of
+Loop keys are read by ``generate.py`` / ``bdiff.runs``; strategy keys mirror the fields of
 ``types.StrategyConfig`` one to one (``strategy`` is its ``name``), so each knob can be set
 with ``--config.sample.KEY=VALUE``. ``ConfigDict`` cannot hold ``None``, so two keys use
 sentinels: ``steps=0`` (the block size) and ``strict="auto"`` (the strategy's reference
 comparison).
+
+:func:`validate_sample_config` is the section's one validation point (``bdiff.config.validate``
+and ``bdiff.runs.Sampler`` call it); the converters below it (:func:`strategy_config`,
+:func:`prompt_prefix`, :func:`prompt_limit`) trust a validated section and raise nothing.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import ml_collections
 from bdiff.sampling import strategies as strategies_lib
 
 COMMIT_MODES = ("separate", "fused")
-PROMPT_PREFIXES = ("none", "bos", "eos")
+PROMPT_PREFIXES = ("auto", "none", "bos", "eos")
 STRICT_CHOICES = ("auto", "true", "false")
 # Strategies whose rule the fixed-block exact loop cannot host (see generate.py).
 UNSUPPORTED_STRATEGIES = ("adablock",)
@@ -29,9 +33,13 @@ _LOOP_DEFAULTS = dict(
     first_token_from_commit=False,  # token-shifted models: next block's first token = argmax
                                     # of the commit pass's last logit (Fast-dLLM v2)
     stop_at_eos=True,
-    prompt_prefix="eos",     # token put before every prompt: none | bos | eos (bdiff's packed
-                             # training data separates documents with EOS)
-    max_prompt_len=0,        # 0 = no limit; longer prompts keep their last tokens
+    prompt_prefix="auto",    # token put before every prompt: auto | none | bos | eos; auto =
+                             # what the run's training rows hold before a document's first
+                             # token (see training_prompt_prefix)
+    max_prompt_len=0,        # prompt limit in tokens (prefix included); 0 = the trained context
+                             # train.seq_len. Longer prompts keep their last tokens, with a warning
+    prefill_chunk=256,       # prompt positions per prefill forward (rounded down to whole
+                             # blocks, at least one): memory grows linearly with the prompt
     seed=0,
     batch_size=16,
 )
@@ -53,27 +61,46 @@ def default_sample_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({**_strategy_defaults(), **_LOOP_DEFAULTS})
 
 
-def resolve_block_size(cfg, block_size: int) -> int:
-  """The sampler's block size: ``sample.block_size`` if set, which must match the model's."""
-  bs = cfg.get("block_size", 0)
-  if bs not in (0, block_size):
-    raise ValueError(
-        f"sample.block_size={bs} does not match the model's diffusion.block_size="
-        f"{block_size}: the exact KV cache needs the trained block structure (blocks count "
-        "from the sequence start); leave sample.block_size=0 to use the model's")
-  return block_size
-
-
 def strategy_config(cfg, block_size: int) -> strategies_lib.StrategyConfig:
-  """The frozen ``StrategyConfig`` of a ``sample`` section (sentinels resolved)."""
+  """The frozen ``StrategyConfig`` of a validated ``sample`` section (sentinels resolved)."""
   scfg = strategies_lib.StrategyConfig.from_mapping(cfg)
   strict = cfg.get("strict", "auto")
   if isinstance(strict, str):
-    if strict not in STRICT_CHOICES:
-      raise ValueError(f"sample.strict must be one of {STRICT_CHOICES}, got {strict!r}")
     strict = None if strict == "auto" else strict == "true"
   steps = cfg.get("steps", 0) or block_size
   return dataclasses.replace(scfg, strict=strict, steps=steps)
+
+
+def training_prompt_prefix(cfg) -> str:
+  """What the run's training rows hold right before a document's first token.
+
+  * task rows in the SFT layout (``data.answer_only``) start with the prompt: ``"none"``;
+  * packed windows separate documents with EOS (``bdiff.data`` appends one to every
+    document), which the next document sees: ``"eos"``; unless ``train.mask_segments`` hides
+    it (the EOS belongs to the segment it ends), when a document starts from nothing:
+    ``"none"``.
+
+  BOS never occurs in bdiff's training data, so ``"bos"`` is only ever an explicit choice.
+  """
+  if cfg.data.source == "tasks" and cfg.data.answer_only:
+    return "none"
+  return "none" if cfg.train.mask_segments else "eos"
+
+
+def prompt_prefix(cfg) -> str:
+  """``sample.prompt_prefix`` of a full config, ``"auto"`` resolved from the training layout."""
+  prefix = cfg.sample.prompt_prefix
+  return training_prompt_prefix(cfg) if prefix == "auto" else prefix
+
+
+def prompt_limit(cfg) -> int:
+  """Longest prompt in tokens: ``sample.max_prompt_len``, or the trained ``train.seq_len``."""
+  return cfg.sample.max_prompt_len or cfg.train.seq_len
+
+
+def prefill_chunk(cfg, block_size: int) -> int:
+  """``sample.prefill_chunk`` rounded down to whole blocks (at least one block)."""
+  return max(block_size, cfg.prefill_chunk // block_size * block_size)
 
 
 def _check_loop(cfg) -> None:
@@ -81,7 +108,7 @@ def _check_loop(cfg) -> None:
     if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] <= 0:
       raise ValueError(f"sample.{key} must be a positive integer, got {cfg[key]!r}")
 
-  for key in ("max_new_tokens", "batch_size"):
+  for key in ("max_new_tokens", "batch_size", "prefill_chunk"):
     positive_int(key)
   for key in ("steps", "max_prompt_len", "block_size"):
     if not isinstance(cfg[key], int) or cfg[key] < 0:
@@ -91,22 +118,49 @@ def _check_loop(cfg) -> None:
   if cfg.prompt_prefix not in PROMPT_PREFIXES:
     raise ValueError(f"sample.prompt_prefix must be one of {PROMPT_PREFIXES}, got "
                      f"{cfg.prompt_prefix!r}")
+  strict = cfg.strict
+  if isinstance(strict, str) and strict not in STRICT_CHOICES:
+    raise ValueError(f"sample.strict must be one of {STRICT_CHOICES}, got {strict!r}")
   if cfg.first_token_from_commit and cfg.commit != "separate":
     raise ValueError("sample.first_token_from_commit needs sample.commit='separate' (the fused "
                      "mode has no separate commit pass)")
 
 
-def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None) -> None:
+def _check_block_size(cfg, block_size: int) -> None:
+  if cfg.block_size not in (0, block_size):
+    raise ValueError(
+        f"sample.block_size={cfg.block_size} does not match the model's diffusion.block_size="
+        f"{block_size}: the exact KV cache needs the trained block structure (blocks count "
+        "from the sequence start); leave sample.block_size=0 to use the model's")
+
+
+def _check_regime(cfg, context_causal: bool, attention_impl: str) -> None:
+  """The attention regime a context-causal model needs is one the backend can express."""
+  if not (context_causal and attention_impl == "pallas"):
+    return
+  if cfg.commit == "separate" or not cfg.use_cache:
+    key = "commit" if cfg.use_cache else "use_cache"
+    raise ValueError(
+        f"sample.{key}={cfg[key]!r}: a context-causal model (diffusion.context_causal=True) "
+        "sampled this way needs a per-row attention mask (token-causal for clean rows, "
+        "block-causal for noisy ones), which model.attention_impl='pallas' cannot take; use "
+        "sample.commit='fused' with the cache, or model.attention_impl='xla'")
+
+
+def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None, *,
+                           context_causal: bool = False, attention_impl: str = "xla") -> None:
   """Raise ValueError naming the offending ``sample.*`` key.
 
   Args:
     cfg: the ``sample`` section.
     block_size: the model's trained ``diffusion.block_size``.
     token_shift: the model's ``diffusion.token_shift`` (None = unknown, not checked).
+    context_causal: the model's ``diffusion.context_causal``.
+    attention_impl: the model's ``model.attention_impl``.
   """
   _check_loop(cfg)
-  bs = resolve_block_size(cfg, block_size)
-  scfg = strategy_config(cfg, bs)
+  _check_block_size(cfg, block_size)
+  scfg = strategy_config(cfg, block_size)
   strategies_lib.validate_strategy_config(scfg, prefix="sample")
   if scfg.name in UNSUPPORTED_STRATEGIES:
     raise ValueError(f"sample.strategy={scfg.name!r} needs variable-length blocks, which the "
@@ -114,3 +168,11 @@ def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None
   if token_shift is False and cfg.first_token_from_commit:
     raise ValueError("sample.first_token_from_commit is only meaningful for token-shifted "
                      "models (diffusion.token_shift=True)")
+  _check_regime(cfg, context_causal, attention_impl)
+
+
+def validate_run_sample_config(cfg) -> None:
+  """:func:`validate_sample_config` of a full config (its model and diffusion sections)."""
+  validate_sample_config(cfg.sample, cfg.diffusion.block_size, cfg.diffusion.token_shift,
+                         context_causal=cfg.diffusion.context_causal,
+                         attention_impl=cfg.model.attention_impl)

@@ -1,28 +1,34 @@
-"""One jit-compiled block-diffusion sampler with an exact KV cache (decoding.md §1, §3).
+"""One jit-compiled block-diffusion sampler with an exact KV cache.
 
 ``generate(params, prompts, rng, config, lengths, row_ids)`` is a pure function: a
 ``lax.while_loop`` in which one iteration is one network forward for the whole batch. Rows
 advance independently (no lockstep): in an iteration each row either takes a denoising step
 of its active block or, in the default ``commit="separate"`` mode, runs the *commit pass* of
 its finished block, i.e. re-forwards the clean block against the cache and writes its K/V
-exactly once (BD3-LM / SDAR / Fast-dLLM v2, block_diffusion.md §3.8). Both kinds are the same
-forward of a ``B``-wide window, so one call serves the mixed batch. ``commit="fused"`` folds
-the commit into the next block's denoising forward instead (query = ``[previous block ;
-current block]`` under the block-causal mask, decoding.md §1.3): no separate pass, twice the
-query width.
+exactly once, as BD3-LM (Arriola et al., ICLR 2025, kuleshov-group/bd3lms), SDAR and
+Fast-dLLM v2 (Wu et al., 2025) do. Both kinds are the same forward of a ``B``-wide window, so
+one call serves the mixed batch. ``commit="fused"`` folds the commit into the next block's
+denoising forward instead (query = ``[previous block ; current block]``): no separate pass,
+twice the query width. docs/sampling.md explains the design.
+
+Attention regime: the prefill and the commit pass compute clean K/V the way the model's clean
+stream was trained, block-causal (BD3-LM) or token-causal (``diffusion.context_causal``); the
+denoising forwards are the same for both (see ``window_masks``).
 
 Layout: row buffers ``[b, L]`` in *row-local* positions: position 0 is the row's first prompt
 token (prompts come right-padded with their ``lengths``), so a row's blocks count from its own
 first token and its prompt tail shares the first generated block (prefill stores the prompt's
-``⌊P/B⌋`` whole blocks). ``L = ⌈(P + max_new_tokens) / B⌉·B``. Generated positions hold
-[MASK] until committed; positions at or past ``P + max_new_tokens`` are never candidates.
+``P // B`` whole blocks, ``prefill_chunk`` positions per forward). ``L = ceil((P +
+max_new_tokens) / B) * B``. Generated positions hold [MASK] until committed; positions at or
+past ``P + max_new_tokens`` are never candidates.
 
 Determinism: a row's step keys are ``fold_in(fold_in(rng, row_id), n)`` with ``n`` the row's
 own denoising-step count, and nothing is pooled across rows, so a row decodes the same alone or
 in any batch (same ``row_id``).
 
-``use_cache=False`` is the reference: every forward recomputes the whole buffer with the
-block-causal mask (same schedule, no K/V stored); the exact cache must reproduce its tokens.
+``use_cache=False`` is the reference: every forward recomputes the whole buffer under the
+training regime's mask (same schedule, no K/V stored); the exact cache must reproduce its
+tokens.
 
 Token-shifted models (``diffusion.token_shift``, Fast-dLLM v2): a position's logits come from
 the position before it. In separate mode the block's first position is predicted by the
@@ -40,12 +46,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bdiff import masks as masks_lib
 from bdiff import sharding as sharding_lib
 from bdiff.models import make_model, mask_token_id
 from bdiff.sampling import cache as cache_lib
 from bdiff.sampling import config as config_lib
 from bdiff.sampling import strategies as strategies_lib
+from bdiff.sampling import window_masks
 
 NO_TOKEN = -1  # fills output slots past a row's end (after its stop token or budget)
 
@@ -66,6 +72,8 @@ class SamplerConfig:
   token_shift: bool = False
   first_token_from_commit: bool = False
   stop_ids: tuple[int, ...] = ()
+  context_causal: bool = False        # the model's clean stream is token-causal (NBDiff-style)
+  prefill_chunk: int = 256            # prompt positions per prefill forward (whole blocks)
 
   @property
   def mask_id(self) -> int:
@@ -77,16 +85,20 @@ class SamplerConfig:
 
   @classmethod
   def from_config(cls, cfg, eos_id: int | None = None) -> SamplerConfig:
-    """From a full bdiff config (``model``, ``diffusion``, ``sample``); validates ``sample``."""
+    """From a full bdiff config (``model``, ``diffusion``, ``sample``) that has been validated.
+
+    Validation happens once, in ``bdiff.sampling.config.validate_sample_config`` (called by
+    ``bdiff.config.validate`` and ``bdiff.runs.Sampler``); this only converts.
+    """
     s, d = cfg.sample, cfg.diffusion
-    config_lib.validate_sample_config(s, d.block_size, d.token_shift)
-    block = config_lib.resolve_block_size(s, d.block_size)
+    block = d.block_size
     stop = (eos_id,) if (s.stop_at_eos and eos_id is not None) else ()
     return cls(model=ml_collections.FrozenConfigDict(cfg.model),
                strategy=config_lib.strategy_config(s, block), block_size=block,
                max_new_tokens=s.max_new_tokens, use_cache=s.use_cache, commit=s.commit,
                token_shift=d.token_shift, first_token_from_commit=s.first_token_from_commit,
-               stop_ids=stop)
+               stop_ids=stop, context_causal=d.context_causal,
+               prefill_chunk=config_lib.prefill_chunk(s, block))
 
   def max_iterations(self, length: int) -> int:
     """Loop bound: per block at most ``max(B, steps)`` denoising steps plus one commit."""
@@ -103,7 +115,7 @@ class Rows(NamedTuple):
 
 
 class LoopState(NamedTuple):
-  """The ``while_loop`` carry (decoding.md §3.1)."""
+  """The ``while_loop`` carry: per-row buffers and counters, the cache, strategy state."""
   tokens: jax.Array        # [b, L] int32 row buffers; MASK where unknown
   blk_start: jax.Array     # [b] int32 active block start (multiple of B)
   step_in_blk: jax.Array   # [b] int32 denoising steps taken in the active block
@@ -183,14 +195,17 @@ def _init(config: SamplerConfig, apply, prompts, rows: Rows, trace: bool):
   if config.use_cache:
     cache = cache_lib.init_cache(config.model, bsz, length)
     if clean_width:
-      cache, logits = cache_lib.prefill(apply, tokens[:, :clean_width], cache, start, blk)
+      cache, last = cache_lib.prefill(
+          apply, tokens[:, :clean_width], cache, start, blk, chunk=config.prefill_chunk,
+          vocab_size=config.model.vocab_size, context_causal=config.context_causal)
       nfe_prefill = 1
   elif config.first_token_from_commit and clean_width:
     logits = apply(tokens, jnp.broadcast_to(pos, tokens.shape),
-                   masks_lib.block_causal(length, length, blk))
+                   window_masks.reference_mask(length, blk, start, config.context_causal))
+    last = cache_lib.gather_windows(logits, jnp.maximum(start - 1, 0), 1)[:, 0]
     nfe_prefill = 1
   if config.token_shift and nfe_prefill:
-    prev = cache_lib.gather_windows(logits, jnp.maximum(start - 1, 0), 1)[:, 0]
+    prev = last
   elif config.token_shift and not config.fused:
     prev = jnp.zeros((bsz, config.model.vocab_size), jnp.float32)
   zeros = jnp.zeros((bsz,), jnp.int32)
@@ -212,10 +227,14 @@ def _init(config: SamplerConfig, apply, prompts, rows: Rows, trace: bool):
 def _forward(config: SamplerConfig, apply, state: LoopState):
   """One forward: ``(block logits [b, B, V] ready for select, raw last logit [b, V], K/V)``."""
   blk = config.block_size
+  committing = state.needs_commit & ~state.done & (not config.fused)
   if not config.use_cache:
     bsz, length = state.tokens.shape
     pos = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (bsz, length))
-    z = apply(state.tokens, pos, masks_lib.block_causal(length, length, blk))
+    # Clean context ends at the active block, or after it for a row's commit pass.
+    clean_end = state.blk_start + jnp.where(committing, blk, 0)
+    z = apply(state.tokens, pos,
+              window_masks.reference_mask(length, blk, clean_end, config.context_causal))
     zs = jnp.concatenate([z[:, :1], z[:, :-1]], axis=1) if config.token_shift else z
     last = cache_lib.gather_windows(z, state.blk_start + blk - 1, 1)[:, 0]
     return cache_lib.gather_windows(zs, state.blk_start, blk), last, None
@@ -224,7 +243,9 @@ def _forward(config: SamplerConfig, apply, state: LoopState):
   win = cache_lib.gather_windows(state.tokens, ws, width)
   pos = ws[:, None] + jnp.arange(width, dtype=jnp.int32)[None, :]
   length = state.tokens.shape[1]
-  z, kv = apply(win, pos, masks_lib.cache_window(width, length, blk), cache=state.cache,
+  mask = window_masks.loop_mask(width, length, blk, context_causal=config.context_causal,
+                                fused=config.fused, committing=committing)
+  z, kv = apply(win, pos, mask, cache=state.cache,
                 segment_ids=cache_lib.window_segments(ws, length, width), return_kv=True)
   current = z[:, width - blk:]
   if not config.token_shift:
@@ -237,7 +258,7 @@ def _forward(config: SamplerConfig, apply, state: LoopState):
 
 
 def _denoise(config: SamplerConfig, state: LoopState, rows: Rows, logits) -> LoopState:
-  """One strategy step for the rows that are denoising (decoding.md §3.2)."""
+  """One strategy step for the rows that are denoising (commit/stop bookkeeping per row)."""
   active = ~state.done if config.fused else ~state.done & ~state.needs_commit
   masked = _open(config, state, rows) & active[:, None]
   keys = jax.vmap(lambda u, n: jax.random.fold_in(jax.random.fold_in(rows.rng, u), n))(

@@ -1,25 +1,21 @@
-"""The jit-compiled sampler: exact cache, batch invariance, tracing, sharding (decoding.md §3.6).
+"""The jit-compiled sampler: exact cache, batch invariance, tracing, sharding.
 
-A random-init tiny model is enough: exactness and invariance are properties of the loop, not
-of the weights. Its embeddings, attention and MLP outputs are scaled up 3x so that outputs
-depend on the context (at init the residual stream is dominated by the token's own embedding
-and every [MASK] decodes alike) and confidences are spread: a threshold of 0.3 then commits
-several tokens in some steps and one in others.
+The tiny sharpened random model of ``sampling_common`` (exactness and invariance are
+properties of the loop, not of the weights).
 """
 import dataclasses
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sampling_common import sharpened_params, tiny_config
 
 from bdiff import masks
-from bdiff.config import base_config
 from bdiff.models import make_model
 from bdiff.sampling import generate as gen
-from bdiff.sampling.config import validate_sample_config
+from bdiff.sampling.config import validate_run_sample_config, validate_sample_config
 
 V = 23
 WIDTH, NEW = 7, 10
@@ -27,10 +23,7 @@ LENGTHS = np.array([7, 3, 5, 4], np.int32)
 
 
 def make_cfg(block=4, **sample):
-  cfg = base_config()
-  cfg.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64,
-                   dtype="float32", vocab_size=V)
-  cfg.diffusion.block_size = block
+  cfg = tiny_config(V, block)
   cfg.sample.update(max_new_tokens=NEW, strategy="threshold", threshold=0.3)
   cfg.sample.update(**sample)
   return cfg
@@ -38,14 +31,7 @@ def make_cfg(block=4, **sample):
 
 @pytest.fixture(scope="module")
 def params():
-  model = make_model(make_cfg().model)
-  z = jnp.zeros((1, 8), jnp.int32)
-  init = jax.jit(model.init, static_argnums=3)
-  params = nn.meta.unbox(init(jax.random.key(0), z, z, masks.causal(8)))["params"]
-  sharpen = {"embed", "q", "k", "v", "o", "down"}
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: x * 3.0 if sharpen & {getattr(k, "key", None) for k in path} else x,
-      params)
+  return sharpened_params(make_cfg().model)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +39,10 @@ def prompts():
   return np.asarray(jax.random.randint(jax.random.key(1), (4, WIDTH), 0, V), np.int32)
 
 
-def sampler(block=4, shift=False, **sample):
+def sampler(block=4, shift=False, cc=False, **sample):
   cfg = make_cfg(block, **sample)
-  cfg.diffusion.token_shift = shift
+  cfg.diffusion.update(token_shift=shift, context_causal=cc)
+  validate_run_sample_config(cfg)
   return gen.SamplerConfig.from_config(cfg, eos_id=None)
 
 
@@ -72,13 +59,18 @@ def check_trace(trace, iterations, mask_id):
 
 
 # Block sizes 1-4 against prompt lengths 3-7 (mostly not multiples): prompt tails share the
-# first generated block. Kept to five cases: each costs two compiles.
+# first generated block. Some cases prefill one block per forward (chunked prefill). The cc_
+# cases are context-causal models (token-causal clean stream): per-row commit/denoise masks in
+# separate mode, the clean-then-noisy window in fused mode. Each case costs two compiles.
 CASES = {
-    "ar_b1": dict(block=1, strategy="ar"),
+    "ar_b1_chunked": dict(block=1, strategy="ar", prefill_chunk=1),
     "static_b3": dict(block=3, strategy="static", steps=2, confidence="margin"),
     "fast_dllm_v2_b4": dict(block=4, strategy="fast_dllm_v2", sub_block=2, threshold=0.25),
     "threshold_shift_first_token_b4": dict(block=4, shift=True, first_token_from_commit=True),
-    "threshold_shift_fused_b2": dict(block=2, shift=True, commit="fused"),
+    "threshold_shift_fused_b2_chunked": dict(block=2, shift=True, commit="fused",
+                                             prefill_chunk=2),
+    "cc_threshold_b2_chunked": dict(block=2, cc=True, prefill_chunk=2),
+    "cc_threshold_shift_fused_b2": dict(block=2, cc=True, shift=True, commit="fused"),
 }
 
 
@@ -127,16 +119,43 @@ def test_shifted_block1_harvest_is_plain_ar(params, prompts):
   np.testing.assert_array_equal(out["tokens"][r], seq[0, p:p + NEW])
 
 
-def test_row_output_does_not_depend_on_batch(params, prompts):
-  # Sampled (T = 1), so the row's RNG stream must follow its row id, not its batch slot.
-  config = sampler(4, temperature=1.0)
+# Sampled (T = 1) strategies with different rules: each row's RNG stream must follow its row
+# id, and its schedule its own confidences, whatever else is in the batch.
+INVARIANCE = {
+    "threshold": dict(temperature=1.0),
+    "static_random": dict(strategy="static", steps=2, confidence="random", temperature=1.0),
+    "fast_dllm_v2": dict(strategy="fast_dllm_v2", sub_block=2, threshold=0.25, top_k=5,
+                         temperature=1.0),
+}
+BATCH_LENGTHS = np.array([7, 1, 5, 3, 6, 2, 7, 4], np.int32)
+
+
+@pytest.mark.parametrize("name", sorted(INVARIANCE))
+def test_row_output_does_not_depend_on_batch(params, name):
+  """Every row decodes identically in batches of 8, 4 and 2 (shuffled) and alone."""
+  config = sampler(4, **INVARIANCE[name])
   rng = jax.random.key(7)
-  batch = as_np(gen.generate(params, prompts, rng, config, LENGTHS, row_ids=[10, 11, 12, 13]))
-  r = 2
-  alone = as_np(gen.generate(params, prompts[r:r + 1, :LENGTHS[r]], rng, config,
-                             row_ids=[10 + r]))
-  np.testing.assert_array_equal(alone["tokens"][0], batch["tokens"][r])
-  assert alone["nfe_denoise"][0] == batch["nfe_denoise"][r]
+  x = np.asarray(jax.random.randint(jax.random.key(5), (8, WIDTH), 0, V), np.int32)
+  ids = np.arange(100, 108, dtype=np.int32)
+
+  def run(rows, width=WIDTH):
+    rows = np.asarray(rows)
+    return as_np(gen.generate(params, x[rows, :width], rng, config, BATCH_LENGTHS[rows],
+                              ids[rows]))
+
+  full = run(np.arange(8))
+  if config.strategy.name != "static":  # adaptive rules: rows follow different schedules
+    assert len(set(full["nfe_denoise"].tolist())) > 1
+  order = np.array([5, 2, 7, 0, 3, 6, 1, 4])
+  for size in (4, 2):
+    for group in order.reshape(-1, size):
+      out = run(group)
+      for key in ("tokens", "num_tokens", "nfe_denoise", "nfe_commit"):
+        np.testing.assert_array_equal(out[key], full[key][group], err_msg=f"{key} {group}")
+  for r in (1, 6):  # alone, at the row's own prompt width (a shorter buffer and cache)
+    alone = run([r], width=BATCH_LENGTHS[r])
+    np.testing.assert_array_equal(alone["tokens"][0], full["tokens"][r])
+    assert alone["nfe_denoise"][0] == full["nfe_denoise"][r]
 
 
 def test_stop_tokens_end_rows(params, prompts):
@@ -169,6 +188,10 @@ def test_generate_traces_once_per_shape(params, prompts):
     (dict(threshold=0.0), "sample.threshold"),
     (dict(block_size=8), "sample.block_size"),
     (dict(commit="lazy"), "sample.commit"),
+    (dict(strict="maybe"), "sample.strict"),
+    (dict(prompt_prefix="bos_eos"), "sample.prompt_prefix"),
+    (dict(prefill_chunk=0), "sample.prefill_chunk"),
+    (dict(max_prompt_len=-1), "sample.max_prompt_len"),
     (dict(first_token_from_commit=True), "sample.first_token_from_commit"),
     (dict(strategy="adablock", delimiter_ids=(1,)), "sample.strategy"),
 ])
@@ -176,8 +199,21 @@ def test_bad_settings_name_the_key(override, key):
   cfg = make_cfg(4, **override)
   with pytest.raises(ValueError, match=key):
     validate_sample_config(cfg.sample, block_size=4, token_shift=False)
+  with pytest.raises(ValueError, match=key):  # the full-config check runs the same validator
+    validate_run_sample_config(cfg)
+
+
+@pytest.mark.parametrize("sample, key", [
+    (dict(), "sample.commit"), (dict(use_cache=False), "sample.use_cache")])
+def test_context_causal_per_row_masks_refuse_pallas(sample, key):
+  """Separate-mode commit passes need a per-row mask, which the Pallas plan cannot take."""
+  cfg = make_cfg(4, **sample)
+  cfg.diffusion.context_causal = True
+  cfg.model.attention_impl = "pallas"
   with pytest.raises(ValueError, match=key):
-    gen.SamplerConfig.from_config(cfg)
+    validate_run_sample_config(cfg)
+  cfg.sample.update(commit="fused", use_cache=True)
+  validate_run_sample_config(cfg)  # the fused window is one static mask: allowed
 
 
 def test_sharded_equals_unsharded(params):
