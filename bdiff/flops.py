@@ -35,17 +35,20 @@ def head_params(model_cfg) -> int:
   return 0 if model_cfg.tie_embeddings else model_cfg.d_model * model_cfg.vocab_size
 
 
-def train_flops_per_step(cfg, num_params: int) -> float:
+def train_flops_per_step(cfg, num_params: int, embed_params: int) -> float:
   """Model FLOPs of one two-stream training step (forward + backward) over the global batch.
 
   The body (every weight but the embedding table and the head) runs on both streams, 2n
   tokens; the head runs on the noisy stream only (both streams with the auxiliary AR loss);
   the embedding is a gather, not a matmul. Complementary masking doubles the batch.
+
+  Args:
+    cfg: the run config.
+    num_params: all parameters of the model.
+    embed_params: parameters of its embedding table (whatever rows it holds: [MASK], padding).
   """
   m, d, n = cfg.model, cfg.diffusion, cfg.train.seq_len
-  mask_row = 1 if m.get("mask_token_id", -1) < 0 else 0  # [MASK] appended to the vocabulary
-  embed = (m.vocab_size + mask_row) * m.d_model
-  body_params = num_params - embed - head_params(m)
+  body_params = num_params - embed_params - head_params(m)
   tokens = 2 * n  # noisy + clean stream
   body = 2 * body_params * tokens
   head_tokens = 2 * n if d.aux_ar_weight > 0 else n

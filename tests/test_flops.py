@@ -11,12 +11,13 @@ from bdiff.models import count_params, make_model
 from configs import owt_bd3lm, tiny
 
 
-def _num_params(cfg) -> int:
+def _num_params(cfg) -> tuple[int, int]:
+  """(all parameters, embedding-table parameters) of the config's model."""
   n = cfg.train.seq_len
   shapes = jax.eval_shape(make_model(cfg.model).init, jax.random.key(0),
                           jax.ShapeDtypeStruct((1, n), np.int32),
-                          jax.ShapeDtypeStruct((1, n), np.int32))
-  return count_params(shapes["params"])
+                          jax.ShapeDtypeStruct((1, n), np.int32))["params"]
+  return count_params(shapes), count_params(shapes["embed"])
 
 
 def _hand_count(cfg) -> float:
@@ -37,7 +38,15 @@ def _hand_count(cfg) -> float:
 def test_train_flops_match_a_hand_count(tied):
   cfg = tiny.get_config()
   cfg.model.tie_embeddings = tied
-  got = flops.train_flops_per_step(cfg, _num_params(cfg))
+  got = flops.train_flops_per_step(cfg, *_num_params(cfg))
+  assert got == pytest.approx(_hand_count(cfg), rel=1e-12)
+
+
+def test_padded_embedding_rows_are_not_counted_as_matmuls():
+  cfg = tiny.get_config()
+  cfg.model.vocab_pad_multiple = 128  # 260 rows -> 384: padding rows are never multiplied
+  assert _num_params(cfg)[1] == 384 * cfg.model.d_model
+  got = flops.train_flops_per_step(cfg, *_num_params(cfg))
   assert got == pytest.approx(_hand_count(cfg), rel=1e-12)
 
 
@@ -46,7 +55,7 @@ def test_untied_owt_head_is_counted_once():
   cfg = owt_bd3lm.get_config()
   cfg.model.tie_embeddings = False
   cfg.train.update(global_batch=1)
-  got = flops.train_flops_per_step(cfg, _num_params(cfg))
+  got = flops.train_flops_per_step(cfg, *_num_params(cfg))
   assert got == pytest.approx(_hand_count(cfg), rel=1e-12)
 
 

@@ -173,7 +173,8 @@ def train(cfg, workdir: str, *, mesh=None, on_step: Callable | None = None) -> d
   start = int(state.step)
   writer = MetricsWriter(workdir, start)
   _write_run_info(trainer, start)
-  flops_per_step = flops.train_flops_per_step(cfg, count_params(state.params))
+  flops_per_step = flops.train_flops_per_step(cfg, count_params(state.params),
+                                              count_params(state.params["embed"]))
   last = _run_steps(trainer, state, start, mgr, writer, flops_per_step, on_step)
   writer.close()
   return last
