@@ -1,4 +1,4 @@
-"""~100M-parameter code model on the Python standard library's source (GPU config).
+"""An 83M-parameter code model on the Python standard library's source (GPU config).
 
   bdiff train --config configs/stdlib.py --workdir runs/stdlib
 

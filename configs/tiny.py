@@ -1,4 +1,4 @@
-"""Tiny CPU config: a ~0.4M-parameter model on a slice of the stdlib corpus, seconds per run.
+"""Tiny CPU config: a 0.12M-parameter model on a slice of the stdlib corpus, seconds per run.
 
   bdiff train --config configs/tiny.py --workdir runs/tiny
 
