@@ -150,7 +150,7 @@ def autoregressive_loss(clean_logits, x0, valid):
 
 
 def t_bucket_losses(ce, loss_mask, t, num_buckets: int = NUM_T_BUCKETS) -> dict:
-  """Unweighted masked CE per diffusion-time bucket [k/N, (k+1)/N) (R5, bd3lms#25).
+  """Unweighted masked CE per diffusion-time bucket [k/N, (k+1)/N) (kuleshov-group/bd3lms#25).
 
   The 1/t-weighted loss is hard to read (it looks like an AR curve); per-t CE shows where the
   model improves. Empty buckets report 0.
