@@ -26,7 +26,10 @@ are Qwen3 weights under ``architectures: ["SDARForCausalLM"]`` with the block-di
 (``modeling_sdar.py``) computes Qwen3's layers under the block-causal mask its ``generate.py``
 builds (``tril`` over blocks, repeated ``block_length`` times); that code needs flash-attn, so the
 golden ``logits`` here are transformers' Qwen3 under that same mask (an additive 4-D mask), on
-inputs whose last block is partly [MASK].
+inputs whose last block is partly [MASK]. Fast-dLLM v2 (NVlabs/Fast-dLLM, v2) ships Qwen2.5
+weights as ``Fast_dLLM_QwenForCausalLM`` with ``bd_size`` and a ``|<MASK>|`` token added to the
+tokenizer; its decoder reads the same block-causal mask, so its goldens are made the same way
+from Qwen2.
 
 ``--check_export DIR --family F`` loads a directory written by ``bdiff export`` with
 transformers and compares its logits with F's golden ones (how the exports were checked).
@@ -121,22 +124,38 @@ def block_causal_mask(n: int, block: int, batch: int) -> torch.Tensor:
   return torch.where(allowed, 0.0, float("-inf"))[None, None].expand(batch, 1, n, n)
 
 
+# name -> (weights of, architecture, model_type, config keys, mask token, tokenizer has it)
+BLOCK_FAMILIES = {
+    "sdar": ("qwen3", "SDARForCausalLM", "sdar",
+             dict(block_size=4, fuse_cross_entropy=False), "<|MASK|>", True),
+    "fast_dllm_v2": ("qwen2", "Fast_dLLM_QwenForCausalLM", "Fast_dLLM_Qwen",
+                     dict(bd_size=4), "|<MASK>|", False),
+}
+
+
 @torch.no_grad()
-def make_sdar(tok: Tokenizer, seed: int, block: int = 4) -> dict:
-  """Qwen3 weights saved as an SDAR checkpoint, goldens under the block-causal mask."""
+def make_block_family(name: str, tok: Tokenizer, seed: int) -> dict:
+  """A Qwen model saved in a block-diffusion family's format, goldens under its block mask."""
+  base, arch, model_type, keys, mask_token, in_tokenizer = BLOCK_FAMILIES[name]
+  config_cls, extra, _ = FAMILIES[base]
   torch.manual_seed(seed)
-  config = transformers.Qwen3Config(**COMMON, **FAMILIES["qwen3"][1], attn_implementation="eager")
-  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-  out = os.path.join(OUT, "sdar")
-  save(model, tok, out, None, mask_token="<|MASK|>")
+  model = transformers.AutoModelForCausalLM.from_config(
+      config_cls(**COMMON, **extra, attn_implementation="eager"), dtype=torch.float32).eval()
+  if not in_tokenizer:  # Fast-dLLM v2 adds |<MASK>| to Qwen2.5's vocabulary
+    tok = Tokenizer.from_str(tok.to_str())
+    tok.add_special_tokens([mask_token])
+  mask_id = tok.token_to_id(mask_token)
+  out = os.path.join(OUT, name)
+  save(model, tok, out, None, mask_token=mask_token if in_tokenizer else None)
   path = os.path.join(out, "config.json")
   with open(path, encoding="utf-8") as f:
     hf = json.load(f)
-  mask_id = tok.token_to_id("<|MASK|>")
-  hf.update(architectures=["SDARForCausalLM"], model_type="sdar", block_size=block,
-            mask_token_id=mask_id, fuse_cross_entropy=False)
+  hf.update(architectures=[arch], model_type=model_type, **keys)
+  if in_tokenizer:
+    hf["mask_token_id"] = mask_id
   with open(path, "w", encoding="utf-8") as f:
     json.dump(hf, f, indent=2)
+  block = keys.get("block_size", keys.get("bd_size"))
   rng = np.random.default_rng(seed)
   input_ids = rng.integers(4, TOKENIZER_VOCAB, size=(2, 12))
   input_ids[:, -block:] = np.where(rng.random((2, block)) < 0.6, mask_id, input_ids[:, -block:])
@@ -144,8 +163,9 @@ def make_sdar(tok: Tokenizer, seed: int, block: int = 4) -> dict:
                  attention_mask=block_causal_mask(12, block, 2)).logits.float().numpy()
   causal = model(torch.tensor(input_ids)).logits.float().numpy()
   np.savez(os.path.join(out, "golden.npz"), input_ids=input_ids.astype(np.int32),
-           logits=logits.astype(np.float32), block_size=np.int32(block))
-  return {"family": "sdar", "block_vs_causal": float(np.abs(logits - causal).max()),
+           logits=logits.astype(np.float32), block_size=np.int32(block),
+           mask_id=np.int32(mask_id))
+  return {"family": name, "mask_id": mask_id, "block_vs_causal": float(np.abs(logits - causal).max()),
           "bytes": sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))}
 
 
@@ -210,7 +230,8 @@ def main() -> None:
     print(json.dumps(info))
     if info["min_margin"] < 1e-3:
       sys.exit(f"{name}: greedy margin {info['min_margin']:.2e} is too small for a stable test")
-  print(json.dumps(make_sdar(tok, seed=len(FAMILIES))))
+  for seed, name in enumerate(sorted(BLOCK_FAMILIES), start=len(FAMILIES)):
+    print(json.dumps(make_block_family(name, tok, seed)))
 
 
 if __name__ == "__main__":

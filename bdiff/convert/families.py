@@ -9,10 +9,14 @@ a key whose value bdiff cannot honour is a ValueError naming it, never silently 
 SDAR (JetAstra/SDAR; Cheng et al. 2025, "SDAR: A Synergistic Diffusion-AutoRegression Paradigm
 for Scalable Sequence Generation") ships Qwen3 weights as ``SDARForCausalLM`` with its
 block-diffusion keys ``block_size`` and ``mask_token_id`` (an in-vocabulary ``<|MASK|>``), read
-under a block-causal mask and without token shift.
+under a block-causal mask and without token shift. Fast-dLLM v2 (NVlabs/Fast-dLLM; Wu et al.
+2025, "Fast-dLLM v2: Efficient Block-Diffusion LLM") ships Qwen2.5 weights as
+``Fast_dLLM_QwenForCausalLM`` with ``bd_size`` and the tokenizer's ``|<MASK>|``, read under the
+same mask with token shift (position i - 1 predicts token i).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -26,8 +30,30 @@ FAMILIES = {
     "Qwen2ForCausalLM": ("qwen2", True, False),
     "Qwen3ForCausalLM": ("qwen3", False, True),
     "SDARForCausalLM": ("sdar", False, True),
+    "Fast_dLLM_QwenForCausalLM": ("Fast_dLLM_Qwen", True, False),
 }
-BLOCK_DIFFUSION = ("sdar",)  # families whose config carries block_size and mask_token_id
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockFamily:
+  """How a block-diffusion family writes its block size and mask, and how it decodes."""
+  block_key: str      # config.json key of the block size
+  mask_token: str     # the tokenizer's mask token, when config.json has no mask_token_id
+  token_shift: bool
+  sample: tuple       # (key, value) overrides of the sample section: the reference decoding
+  sub_block: int = 0  # the reference's sub-block size (a divisor of the block is used)
+
+
+BLOCK_FAMILIES = {
+    # SDAR generate.py: low_confidence_dynamic, confidence_threshold 0.85.
+    "sdar": BlockFamily("block_size", "<|MASK|>", False,
+                        (("strategy", "sdar_dynamic"), ("threshold", 0.85))),
+    # Fast-dLLM v2 batch_sample: threshold 0.9 within sub-blocks of small_block_size 8, the
+    # commit pass's last logit starts a block.
+    "Fast_dLLM_Qwen": BlockFamily("bd_size", "|<MASK>|", True,
+                                  (("strategy", "fast_dllm_v2"), ("threshold", 0.9),
+                                   ("first_token_from_commit", True)), sub_block=8),
+}
 ROPE_TYPES = ("default", "llama3")
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
                "original_max_position_embeddings")
@@ -98,8 +124,13 @@ def _check_unsupported(hf: dict, name: str) -> None:
                      f"for {name} (bdiff needs 1)")
 
 
-def model_config_from_hf(hf: dict) -> ml_collections.ConfigDict:
-  """The bdiff ``model`` section equivalent to a HF config (computation in its dtype)."""
+def model_config_from_hf(hf: dict, tokenizer_mask_id: int | None = None
+                        ) -> ml_collections.ConfigDict:
+  """The bdiff ``model`` section equivalent to a HF config (computation in its dtype).
+
+  A block-diffusion family's mask is config.json's ``mask_token_id``, else
+  ``tokenizer_mask_id`` (its mask token looked up in the tokenizer).
+  """
   name = family(hf)
   _, qkv_bias, qk_norm = FAMILIES[hf["architectures"][0]]
   _check_unsupported(hf, name)
@@ -119,8 +150,9 @@ def model_config_from_hf(hf: dict) -> ml_collections.ConfigDict:
       vocab_pad_multiple=128,  # [MASK] makes the table odd; keep it splittable over tensor
       dtype="bfloat16" if dtype == "bfloat16" else "float32")
   cfg.rope_scaling.update(scaling)
-  if name in BLOCK_DIFFUSION:
-    cfg.mask_token_id = _block_key(hf, "mask_token_id", cfg.vocab_size)
+  if name in BLOCK_FAMILIES:
+    cfg.mask_token_id = _block_key({"mask_token_id": tokenizer_mask_id, **hf}, "mask_token_id",
+                                   cfg.vocab_size)
   return cfg
 
 
@@ -134,16 +166,18 @@ def _block_key(hf: dict, key: str, bound: int) -> int:
 
 def block_size(hf: dict) -> int:
   """The diffusion block size of a block-diffusion checkpoint (1 for AR families)."""
-  if family(hf) not in BLOCK_DIFFUSION:
+  name = family(hf)
+  if name not in BLOCK_FAMILIES:
     return 1
-  return _block_key(hf, "block_size", 1 << 20) or 1
+  return _block_key(hf, BLOCK_FAMILIES[name].block_key, 1 << 20) or 1
 
 
 def hf_config_from_model(model_cfg, base: dict | None, dtype: str, block: int = 1) -> dict:
   """A HF ``config.json`` for a bdiff ``model`` section, on top of ``base`` (the imported
   checkpoint's own config, whose other keys such as token ids are kept), else a Llama/Qwen
-  config chosen by the model's switches. A model with its own [MASK] token is written as SDAR,
-  with ``block_size`` = ``block`` and its ``mask_token_id``."""
+  config chosen by the model's switches. A model with its own [MASK] token is written as SDAR
+  (q/k norms) or Fast-dLLM v2 (q/k/v biases), with its block size ``block`` under the family's
+  key and its ``mask_token_id``."""
   if model_cfg.tied_logit_scale and model_cfg.tie_embeddings:
     raise ValueError("export needs model.tied_logit_scale=False with tie_embeddings: HF heads "
                      "are the plain embedding")
@@ -158,18 +192,21 @@ def hf_config_from_model(model_cfg, base: dict | None, dtype: str, block: int = 
              intermediate_size=model_cfg.mlp_dim, rms_norm_eps=model_cfg.norm_eps,
              tie_word_embeddings=model_cfg.tie_embeddings, rope_theta=model_cfg.rope_theta,
              rope_scaling=_rope_scaling_out(model_cfg.rope_scaling), torch_dtype=dtype)
-  if FAMILIES[arch][0] in BLOCK_DIFFUSION:
-    out.update(block_size=block, mask_token_id=model_cfg.mask_token_id)
+  if FAMILIES[arch][0] in BLOCK_FAMILIES:
+    out.update({BLOCK_FAMILIES[FAMILIES[arch][0]].block_key: block,
+                "mask_token_id": model_cfg.mask_token_id})
   out.pop("dtype", None)
   return out
 
 
 def _architecture(model_cfg) -> str:
   if model_cfg.mask_token_id >= 0:
-    if model_cfg.qkv_bias or not model_cfg.qk_norm:
-      raise ValueError("a model with its own mask token (model.mask_token_id) exports as SDAR, "
-                       "which needs model.qk_norm=True and model.qkv_bias=False")
-    return "SDARForCausalLM"
+    arch = {(False, True): "SDARForCausalLM", (True, False): "Fast_dLLM_QwenForCausalLM"}.get(
+        (model_cfg.qkv_bias, model_cfg.qk_norm))
+    if arch is None:
+      raise ValueError("a model with its own mask token (model.mask_token_id) exports as SDAR "
+                       "(model.qk_norm) or Fast-dLLM v2 (model.qkv_bias), exactly one of them")
+    return arch
   arch = {(False, False): "LlamaForCausalLM", (True, False): "Qwen2ForCausalLM",
           (False, True): "Qwen3ForCausalLM"}.get((model_cfg.qkv_bias, model_cfg.qk_norm))
   if arch is None:

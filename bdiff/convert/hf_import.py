@@ -15,6 +15,7 @@ alone, so no host or device ever holds a tensor its sharding splits.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -49,6 +50,25 @@ def _tokenizer_config(hf_dir: str) -> dict:
     return json.load(f)
 
 
+def tokenizer_mask_id(hf_dir: str, hf: dict) -> int | None:
+  """The id of a block-diffusion family's mask token in the checkpoint's tokenizer (its
+  tokenizer_config ``mask_token``, else the family's name for it), None if absent."""
+  name = families.family(hf)
+  if name not in families.BLOCK_FAMILIES:
+    return None
+  token = _tokenizer_config(hf_dir).get("mask_token") or families.BLOCK_FAMILIES[name].mask_token
+  token = token.get("content") if isinstance(token, dict) else token
+  path = os.path.join(hf_dir, "tokenizer.json")
+  if not os.path.isfile(path):
+    return None
+  import tokenizers  # pylint: disable=import-outside-toplevel  (the optional `hf` extra)
+  return tokenizers.Tokenizer.from_file(path).token_to_id(token)
+
+
+def _model_config(hf_dir: str, hf: dict) -> ml_collections.ConfigDict:
+  return families.model_config_from_hf(hf, tokenizer_mask_id(hf_dir, hf))
+
+
 def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
   """The full bdiff config of a HF checkpoint: base config, ``model`` and ``data.tokenizer``
   from the directory, and the family's decoding: AR families get block size 1 with token shift
@@ -56,7 +76,7 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
   block-diffusion families (SDAR) their ``block_size``, no shift, and SDAR's dynamic-threshold
   decoding."""
   hf = families.read_hf_config(hf_dir)
-  model = families.model_config_from_hf(hf)
+  model = _model_config(hf_dir, hf)
   tokenizer = os.path.join(hf_dir, "tokenizer.json")
   if not os.path.isfile(tokenizer):
     raise ValueError(f"{hf_dir!r} has no tokenizer.json (bdiff reads HF fast tokenizers)")
@@ -68,12 +88,12 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
     else:
       cfg.model[key] = value
   cfg.data.tokenizer = os.path.abspath(tokenizer)
-  block = families.block_size(hf)
-  cfg.diffusion.block_size = block
-  cfg.diffusion.token_shift = block == 1
-  cfg.sample.strategy = "ar" if block == 1 else "sdar_dynamic"
-  if block > 1:
-    cfg.sample.threshold = 0.85  # SDAR generate.py's confidence_threshold
+  block_family = families.BLOCK_FAMILIES.get(families.family(hf))
+  cfg.diffusion.block_size = families.block_size(hf)
+  cfg.diffusion.token_shift = block_family is None or block_family.token_shift
+  cfg.sample.update(dict(block_family.sample) if block_family else {"strategy": "ar"})
+  if block_family and block_family.sub_block:
+    cfg.sample.sub_block = math.gcd(block_family.sub_block, cfg.diffusion.block_size)
   cfg.sample.prompt_prefix = "bos" if _tokenizer_config(hf_dir).get("bos_token") else "none"
   return cfg
 
@@ -172,7 +192,7 @@ def convert_from_hf(hf_dir: str, workdir: str, cfg=None, *, mesh=None,
   """
   hf = families.read_hf_config(hf_dir)
   cfg = hf_config(hf_dir) if cfg is None else cfg
-  _check_model_keys(cfg.model, families.model_config_from_hf(hf))
+  _check_model_keys(cfg.model, _model_config(hf_dir, hf))
   if checkpointing.manager(workdir).latest_step() is not None:
     raise ValueError(f"workdir {workdir!r} already holds a checkpoint; convert into a new one")
   cfg = config_lib.from_dict(config_lib.to_dict(cfg))  # a private copy we may edit

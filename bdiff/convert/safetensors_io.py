@@ -12,16 +12,27 @@ import os
 
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensors returns)
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save_file
+
+try:  # the optional `hf` extra: bdiff without it still imports (and trains, samples)
+  from safetensors import safe_open
+  from safetensors.numpy import save_file
+except ImportError:
+  safe_open = save_file = None
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
+def require_hf_extra() -> None:
+  """ImportError with the install line when safetensors (the `hf` extra) is missing."""
+  if safe_open is None:
+    raise ImportError("Hugging Face conversion needs safetensors: pip install 'bdiff[hf]'")
+
+
 def _files(hf_dir: str) -> dict[str, str]:
   """Tensor name -> file path, from the index if there is one."""
+  require_hf_extra()
   index = os.path.join(hf_dir, INDEX)
   if os.path.isfile(index):
     with open(index, encoding="utf-8") as f:
@@ -77,6 +88,7 @@ class CheckpointReader(contextlib.ExitStack):
 
 def write(out_dir: str, tensors: dict[str, np.ndarray]) -> str:
   """One ``model.safetensors`` with the ``format: pt`` metadata transformers expects."""
+  require_hf_extra()
   path = os.path.join(out_dir, SINGLE)
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path,
             metadata={"format": "pt"})

@@ -1,0 +1,94 @@
+"""Block-diffusion checkpoints: SDAR (Qwen3 weights, in-vocabulary <|MASK|>, block_size) and
+Fast-dLLM v2 (Qwen2.5 weights, |<MASK>| added to the tokenizer, bd_size, token shift), read
+under the block-causal mask of their own decoders (goldens from scripts/make_hf_fixtures.py)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bdiff import convert, masks, runs
+from bdiff.models import embed_rows, make_model
+from tests.convert.conftest import fixture_dir, golden
+from tests.convert.test_hf_parity import ATOL, RTOL
+from tests.convert.test_roundtrip import hf_tensors_on_disk
+
+# family -> (mask id, q/k norm, q/k/v bias, token shift, strategy, config.json block key)
+EXPECTED = {
+    "sdar": (3, True, False, False, "sdar_dynamic", "block_size"),
+    "fast_dllm_v2": (300, False, True, True, "fast_dllm_v2", "bd_size"),
+}
+BLOCK_FAMILIES = sorted(EXPECTED)
+
+
+def forward(cfg, params, tokens, block):
+  n = tokens.shape[1]
+  positions = np.broadcast_to(np.arange(n, dtype=np.int32), tokens.shape)
+  out = make_model(cfg.model).apply({"params": params}, tokens, positions,
+                                    masks.block_causal(n, n, block))
+  return np.asarray(out)
+
+
+@pytest.mark.parametrize("family", BLOCK_FAMILIES)
+def test_config_carries_the_family_keys(family):
+  mask, qk_norm, bias, shift, strategy, _ = EXPECTED[family]
+  cfg = convert.hf_config(fixture_dir(family))
+  assert (cfg.model.mask_token_id, cfg.model.qk_norm, cfg.model.qkv_bias) == (mask, qk_norm, bias)
+  assert embed_rows(cfg.model) == 384  # no appended row: the vocabulary padded to 128
+  assert (cfg.diffusion.block_size, cfg.diffusion.token_shift) == (4, shift)
+  assert cfg.sample.strategy == strategy
+
+
+@pytest.mark.parametrize("family", BLOCK_FAMILIES)
+def test_logits_under_block_causal_mask_equal_reference(converted, family):
+  g = golden(family)
+  assert (g["input_ids"] == EXPECTED[family][0]).any()
+  cfg, params, _ = runs.restore_params(converted(family))
+  logits = forward(cfg, params, g["input_ids"], int(g["block_size"]))
+  np.testing.assert_allclose(logits, g["logits"], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("family", BLOCK_FAMILIES)
+def test_export_is_the_family_format_and_bit_exact(converted, family, tmp_path):
+  out = str(tmp_path / "export")
+  convert.export_to_hf(converted(family), out)
+  with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+    hf = json.load(f)
+  with open(os.path.join(fixture_dir(family), "config.json"), encoding="utf-8") as f:
+    original = json.load(f)
+  assert (hf["architectures"], hf["model_type"]) == (original["architectures"],
+                                                     original["model_type"])
+  block_key = EXPECTED[family][5]
+  assert (hf[block_key], hf["mask_token_id"]) == (4, EXPECTED[family][0])
+  original_t, exported = hf_tensors_on_disk(fixture_dir(family)), hf_tensors_on_disk(out)
+  assert sorted(exported) == sorted(original_t)
+  for name, value in original_t.items():
+    np.testing.assert_array_equal(exported[name].view(np.uint32), value.view(np.uint32),
+                                  err_msg=name)
+
+
+def test_sdar_sampler_fills_blocks_from_the_checkpoints_mask_token(converted):
+  """The sampler writes the checkpoint's [MASK] (id 3), not an appended row: its first token
+  is the argmax of a block-causal forward over [prompt ; MASK x 4]."""
+  cfg, params, tok = runs.restore_params(converted("sdar"))
+  cfg.sample.update(strategy="ar", max_new_tokens=4, stop_at_eos=False)
+  prompt = golden("sdar")["input_ids"][0, :8]
+  out, _ = runs.Sampler(cfg, params, tok).generate_batch([prompt], [0], batch_size=1, width=8)
+  tokens = np.concatenate([prompt, [3] * 4])[None]
+  assert out["tokens"][0, 0] == int(np.argmax(forward(cfg, params, tokens, 4)[0, 8]))
+  # What the old "MASK = vocab_size" would have read (a padding row) predicts otherwise.
+  appended = np.where(tokens == 3, cfg.model.vocab_size, tokens)
+  assert out["tokens"][0, 0] != int(np.argmax(forward(cfg, params, appended, 4)[0, 8]))
+
+
+def test_fast_dllm_sampler_shifts_and_reads_its_mask_token(converted):
+  """Token shift: token 8 is the prefill's last prediction; token 9 is read at position 8 of
+  the block [t8, MASK, MASK, MASK] (the model's |<MASK>| = 300)."""
+  cfg, params, tok = runs.restore_params(converted("fast_dllm_v2"))
+  cfg.sample.update(strategy="ar", max_new_tokens=4, stop_at_eos=False)
+  prompt = golden("fast_dllm_v2")["input_ids"][0, :8]
+  out, _ = runs.Sampler(cfg, params, tok).generate_batch([prompt], [0], batch_size=1, width=8)
+  first = int(np.argmax(forward(cfg, params, prompt[None], 4)[0, 7]))
+  assert out["tokens"][0, 0] == first
+  block = np.concatenate([prompt, [first, 300, 300, 300]])[None]
+  assert out["tokens"][0, 1] == int(np.argmax(forward(cfg, params, block, 4)[0, 8]))
