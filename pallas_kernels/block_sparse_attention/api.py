@@ -35,7 +35,8 @@ class BlockSizes:
   """Kernel tile sizes. ``None`` keeps the plan's tiles.
 
   A static plan (from a mask) is rebuilt at other tile sizes; a dynamic (top-k) plan cannot
-  be, so its tiles must match.
+  be, so its tiles must match. The TPU kernel takes any multiple of 8 (128 and up suit the
+  MXU best).
   """
   block_q: int | None = None
   block_k: int | None = None
