@@ -31,6 +31,6 @@ def test_quickstart_notebook_runs(monkeypatch, tmp_path):
   outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                     for o in c.get("outputs", []))
   assert "--- ar" in outputs and "--- threshold" in outputs
-  assert "| copy |" in outputs
+  assert "| reverse |" in outputs and "ci95" in outputs
   errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
   assert not errors
