@@ -51,6 +51,17 @@ def test_kernel_matches_reference_f32(name):
   _compare(q, k, v, plan, jnp.float32)
 
 
+@pytest.mark.parametrize("tiles", [(8, 24), (24, 136)])
+def test_kernel_matches_reference_at_tiles_that_are_no_power_of_two(tiles):
+  """Tiles the TPU kernel lowers at (any multiple of 8), with segment ids, in interpret mode."""
+  mask = MASKS["sliding_window"]
+  plan = api.plan_for_mask(mask, block_q=tiles[0], block_k=tiles[1])
+  q, k, v = qkv(jax.random.key(9), 1, mask.q_len, mask.kv_len, 2, 1, 32)
+  rng = np.random.default_rng(1)
+  seg = tuple(jnp.asarray(rng.integers(0, 2, (1, n)), jnp.int32) for n in mask.shape)
+  _compare(q, k, v, plan, jnp.float32, segment_ids=seg)
+
+
 @pytest.mark.parametrize("name", ["bd3", "causal_offset"])
 def test_kernel_matches_reference_bf16(name):
   mask = MASKS[name]
