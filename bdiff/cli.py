@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib.util
 import json
 import logging
@@ -345,18 +346,23 @@ def build_parser() -> argparse.ArgumentParser:
 # Entry point.
 
 
-def _setup_logging() -> None:
+@contextlib.contextmanager
+def _console_logging():
+  """bdiff's log lines on stderr while a command runs (removed after: main() may run again)."""
   # Orbax and friends log every save at INFO through absl; keep the console for bdiff's own.
   absl_logging.set_verbosity(absl_logging.WARNING)
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  level, propagate = log.level, log.propagate
   log.setLevel(logging.INFO)
-  handler = next((h for h in log.handlers if getattr(h, "bdiff_cli", False)), None)
-  if handler is None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    handler.bdiff_cli = True
-    log.addHandler(handler)
-    log.propagate = False
-  handler.stream = sys.stderr  # the current one: main() may run more than once in a process
+  log.addHandler(handler)
+  log.propagate = False  # once: a library may have configured the root logger too
+  try:
+    yield
+  finally:
+    log.removeHandler(handler)
+    log.setLevel(level)
+    log.propagate = propagate
 
 
 def _fail(message: str, code: int, verbose: bool) -> int:
@@ -379,8 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if overrides and args.command in NO_OVERRIDES:
       raise UsageError(f"{args.command} takes no --config.* overrides "
                        f"(got --config.{overrides[0][0]})")
-    _setup_logging()
-    COMMANDS[args.command](args, overrides)
+    with _console_logging():
+      COMMANDS[args.command](args, overrides)
   except UsageError as e:
     return _fail(str(e), 2, verbose)
   except USER_ERRORS as e:

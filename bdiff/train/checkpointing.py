@@ -6,15 +6,22 @@ Restore goes through ``StandardRestore`` with the abstract, sharded target state
 extra parameter is an error, never silently ignored (a silently re-initialised weight would
 train or sample on without complaint). Inference reads only the params (or EMA params)
 subtree with :func:`restore_subtree`: the Adam moments (twice the params) are never read.
+
+Both check what they restore: a checkpoint that cannot be read, or that holds NaN/Inf (flipped
+bytes can restore without any storage error), is reported by step and skipped for the newest
+intact one.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from etils import epath
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+log = logging.getLogger("bdiff")
 
 
 def manager(workdir: str, *, max_to_keep: int = 3, create: bool = True
@@ -35,16 +42,62 @@ def save(mgr: ocp.CheckpointManager, step: int, state, *, config_dict: dict,
   mgr.wait_until_finished()
 
 
+class CorruptCheckpointError(ValueError):
+  """A checkpoint that cannot be read, or whose arrays are not all finite."""
+
+
 def restore(mgr: ocp.CheckpointManager, abstract_state, shardings, step: int | None = None):
-  """Restore (state, meta) at ``step`` (default latest) into the given shardings."""
-  step = mgr.latest_step() if step is None else step
-  if step is None:
+  """Restore (state, meta) at ``step`` into the given shardings; by default the newest intact
+  checkpoint.
+
+  Without ``step``, a checkpoint that cannot be read or holds non-finite values is skipped
+  with a warning naming it; once an older one restores, the bad one is moved to
+  ``checkpoints_corrupt/`` (kept, and out of the way of the next save at that step). If none
+  restores, the newest one's error is raised and nothing is moved.
+  """
+  steps = [step] if step is not None else sorted(mgr.all_steps(), reverse=True)
+  if not steps:
     raise FileNotFoundError(f"no checkpoint in {mgr.directory}")
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract_state, shardings)
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-  return restored["state"], restored["meta"]
+
+  def load(s):
+    where = f"checkpoint step {s} in {mgr.directory}"
+    restored = _read(where, lambda: mgr.restore(s, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())))
+    _check_finite(restored["state"], where)
+    return restored["state"], restored["meta"]
+
+  bad, result = _newest_intact(steps, load)
+  if bad and jax.process_index() == 0:
+    _move_aside(mgr, bad)
+  return result
+
+
+def _newest_intact(steps, load):
+  """(skipped steps, ``load(step)``) for the first of ``steps`` whose load raises no
+  CorruptCheckpointError; if none loads, the first one's error."""
+  bad, first_error = [], None
+  for step in steps:
+    try:
+      return bad, load(step)
+    except CorruptCheckpointError as e:
+      first_error = first_error or e
+      bad.append(step)
+      log.warning("%s; trying the previous checkpoint", e)
+  raise first_error
+
+
+def _move_aside(mgr: ocp.CheckpointManager, steps) -> None:
+  aside = os.path.join(os.path.dirname(str(mgr.directory)), "checkpoints_corrupt")
+  os.makedirs(aside, exist_ok=True)
+  for step in steps:
+    dest = os.path.join(aside, str(step))
+    while os.path.exists(dest):
+      dest += "_"
+    os.rename(os.path.join(str(mgr.directory), str(step)), dest)
+    log.warning("moved the corrupt checkpoint step %d to %s", step, dest)
+  mgr.reload()
 
 
 def read_meta(workdir: str, step: int | None = None) -> dict:
@@ -81,42 +134,48 @@ def _check_finite(tree, where: str) -> None:
   finite = jax.jit(lambda t: jax.tree.map(lambda x: jnp.isfinite(x).all(), t))(tree)
   bad = [key for key, ok in _flat(finite).items() if not bool(ok)]
   if bad:
-    raise ValueError(f"{where}: non-finite values in {bad[:5]}; the checkpoint is corrupt")
+    raise CorruptCheckpointError(f"{where}: non-finite values in {bad[:5]}")
 
 
 def restore_subtree(workdir: str, name: str, abstract, shardings, step: int | None = None):
-  """Restore only ``state.<name>`` (``"params"`` or ``"ema_params"``) at ``step`` (default
-  latest), into ``shardings``: what inference needs, the rest of the state is not read.
+  """Restore only ``state.<name>`` (``"params"`` or ``"ema_params"``) at ``step`` (default:
+  the newest intact checkpoint) into ``shardings``: what inference needs, the rest of the
+  state is not read.
 
   Strict like :func:`restore`: the saved subtree must have exactly ``abstract``'s keys, shapes
-  and dtypes. An unreadable checkpoint, or one whose arrays are not all finite, is a ValueError
-  naming its step.
+  and dtypes. A checkpoint that cannot be read or holds non-finite values is skipped with a
+  warning naming its step (only when ``step`` is not given; nothing is moved).
   """
   mgr = manager(workdir, create=False)
-  step = mgr.latest_step() if step is None else step
-  if step is None:
+  steps = [step] if step is not None else sorted(mgr.all_steps(), reverse=True)
+  if not steps:
     raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
-  where = f"checkpoint step {step} under {workdir}/checkpoints"
-  item_dir = os.path.join(str(mgr.directory), str(step), "state")
-  saved = _read(where, lambda: ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir)).tree)
-  if saved.get(name) is None:
-    raise ValueError(f"{where} has no {name!r}")
-  _check_same_tree(saved[name], abstract, f"{where}: {name}")
   target = {name: jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)}
   restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target)
-  restored = _read(where, lambda: ocp.PyTreeCheckpointer().restore(
-      item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                            partial_restore=True)))[name]
-  _check_finite(restored, f"{where}: {name}")
-  return restored
+
+  def load(s):
+    where = f"checkpoint step {s} under {workdir}/checkpoints"
+    item_dir = epath.Path(mgr.directory) / str(s) / "state"
+    saved = _read(where, lambda: ocp.PyTreeCheckpointHandler().metadata(item_dir).tree)
+    if saved.get(name) is None:
+      raise ValueError(f"{where} has no {name!r}")
+    _check_same_tree(saved[name], abstract, f"{where}: {name}")
+    restored = _read(where, lambda: ocp.PyTreeCheckpointer().restore(
+        item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                              partial_restore=True)))[name]
+    _check_finite(restored, f"{where}: {name}")
+    return restored
+
+  return _newest_intact(steps, load)[1]
 
 
 def _read(where: str, read):
-  """``read()``; any failure of the storage layers becomes one ValueError naming the step."""
+  """``read()``; any failure of the storage layers is one CorruptCheckpointError naming the
+  step."""
   try:
     return read()
   except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many types)
     first = (str(e).splitlines() or [""])[0][:200]
-    raise ValueError(f"{where} is unreadable ({type(e).__name__}: {first}); is it corrupt or "
-                     "still being written?") from e
+    raise CorruptCheckpointError(f"{where} is unreadable ({type(e).__name__}: {first})"
+                                 ) from e

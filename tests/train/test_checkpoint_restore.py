@@ -1,4 +1,7 @@
-"""Inference restore: only the params subtree is read from a checkpoint, strictly."""
+"""Restoring checkpoints: inference reads only the params subtree, strictly; a corrupt newest
+checkpoint (unreadable, or NaN weights from flipped bytes) falls back to the previous one."""
+import os
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -21,14 +24,25 @@ def tiny_cfg(ema_decay=0.9, **model):
   return cfg
 
 
-def _saved_run(tmp_path, cfg):
+def _state(cfg, shift=0.0):
+  """(state, abstract state, shardings); ``shift`` is added to every param (tells steps apart)."""
   mesh = sharding_lib.make_mesh(cfg.mesh)
-  model, tx, _, shardings = state_lib.build(cfg, mesh)
+  model, tx, abstract, shardings = state_lib.build(cfg, mesh)
   state = state_lib.init_state(model, tx, cfg, mesh, shardings)
+  state = state.replace(params=jax.tree.map(lambda x: x + shift, state.params))
   if state.ema_params is not None:  # make EMA and params differ, so we see which was read
     state = state.replace(ema_params=jax.tree.map(lambda x: x + 1.0, state.ema_params))
-  mgr = checkpointing.manager(str(tmp_path))
-  checkpointing.save(mgr, 3, state, config_dict=config_lib.to_dict(cfg), data_position={})
+  return state, abstract, shardings
+
+
+def _save(workdir, cfg, step, state):
+  checkpointing.save(checkpointing.manager(str(workdir)), step, state,
+                     config_dict=config_lib.to_dict(cfg), data_position={})
+
+
+def _saved_run(tmp_path, cfg):
+  state = _state(cfg)[0]
+  _save(tmp_path, cfg, 3, state)
   return state
 
 
@@ -66,15 +80,15 @@ def test_inference_restore_refuses_a_mismatched_model(tmp_path, restores):
   assert not restores  # refused before reading any array
 
 
+def _nan_weights(state):
+  return state.replace(params=dict(state.params,
+                                   embed=state.params["embed"].at[3, 5].set(np.nan)))
+
+
 def test_inference_refuses_non_finite_weights(tmp_path):
   """Flipped bytes can restore as NaN weights without any error from the storage layers."""
   cfg = tiny_cfg(ema_decay=0.0)
-  mesh = sharding_lib.make_mesh(cfg.mesh)
-  model, tx, _, shardings = state_lib.build(cfg, mesh)
-  state = state_lib.init_state(model, tx, cfg, mesh, shardings)
-  params = dict(state.params, embed=state.params["embed"].at[3, 5].set(np.nan))
-  checkpointing.save(checkpointing.manager(str(tmp_path)), 2, state.replace(params=params),
-                     config_dict=config_lib.to_dict(cfg), data_position={})
+  _save(tmp_path, cfg, 2, _nan_weights(_state(cfg)[0]))
   with pytest.raises(ValueError, match=r"step 2 .*: params: non-finite values in \['embed'\]"):
     runs.restore_params(str(tmp_path))
 
@@ -84,3 +98,51 @@ def test_unreadable_checkpoint_is_one_error_naming_the_step(tmp_path):
   (tmp_path / "checkpoints" / "3" / "state" / "_METADATA").write_bytes(b"")
   with pytest.raises(ValueError, match=r"checkpoint step 3 under .* is unreadable \(JSONDecode"):
     runs.restore_params(str(tmp_path))
+
+
+def _empty_metadata(workdir, step):
+  (workdir / "checkpoints" / str(step) / "state" / "_METADATA").write_bytes(b"")
+
+
+@pytest.mark.parametrize("corrupt", ["nan", "unreadable"])
+def test_training_resume_falls_back_past_a_corrupt_checkpoint(tmp_path, caplog, corrupt):
+  cfg = tiny_cfg(ema_decay=0.0)
+  good, abstract, shardings = _state(cfg)
+  _save(tmp_path, cfg, 1, good)
+  newer = _state(cfg, shift=1.0)[0]
+  _save(tmp_path, cfg, 2, _nan_weights(newer) if corrupt == "nan" else newer)
+  if corrupt == "unreadable":
+    _empty_metadata(tmp_path, 2)
+  mgr = checkpointing.manager(str(tmp_path))
+  state, meta = checkpointing.restore(mgr, abstract, shardings)
+  assert meta["step"] == 1
+  jax.tree.map(np.testing.assert_array_equal, state.params, good.params)
+  assert "checkpoint step 2" in caplog.text and "trying the previous checkpoint" in caplog.text
+  assert os.listdir(tmp_path / "checkpoints_corrupt") == ["2"]  # kept, out of the way
+  assert mgr.all_steps() == [1]
+  _save(tmp_path, cfg, 2, newer)  # training can save that step again
+  state, meta = checkpointing.restore(checkpointing.manager(str(tmp_path)), abstract, shardings)
+  assert meta["step"] == 2
+
+
+def test_no_intact_checkpoint_raises_the_newest_error_and_moves_nothing(tmp_path):
+  cfg = tiny_cfg(ema_decay=0.0)
+  state, abstract, shardings = _state(cfg)
+  for step in (1, 2):
+    _save(tmp_path, cfg, step, state)
+    _empty_metadata(tmp_path, step)
+  with pytest.raises(ValueError, match="checkpoint step 2 in .* is unreadable"):
+    checkpointing.restore(checkpointing.manager(str(tmp_path)), abstract, shardings)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+  assert not (tmp_path / "checkpoints_corrupt").exists()
+
+
+def test_inference_falls_back_past_a_corrupt_checkpoint_without_moving_it(tmp_path, caplog):
+  cfg = tiny_cfg(ema_decay=0.0)
+  good = _state(cfg)[0]
+  _save(tmp_path, cfg, 1, good)
+  _save(tmp_path, cfg, 2, _nan_weights(good))
+  _, params, _ = runs.restore_params(str(tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, params, good.params)
+  assert "checkpoint step 2" in caplog.text
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
