@@ -178,9 +178,6 @@ def hf_config_from_model(model_cfg, base: dict | None, dtype: str, block: int = 
   config chosen by the model's switches. A model with its own [MASK] token is written as SDAR
   (q/k norms) or Fast-dLLM v2 (q/k/v biases), with its block size ``block`` under the family's
   key and its ``mask_token_id``."""
-  if model_cfg.tied_logit_scale and model_cfg.tie_embeddings:
-    raise ValueError("export needs model.tied_logit_scale=False with tie_embeddings: HF heads "
-                     "are the plain embedding")
   arch = _architecture(model_cfg)
   out = dict(base or {})
   out.pop("rope_scaling", None)
@@ -190,7 +187,9 @@ def hf_config_from_model(model_cfg, base: dict | None, dtype: str, block: int = 
              num_hidden_layers=model_cfg.n_layers, num_attention_heads=model_cfg.n_heads,
              num_key_value_heads=model_cfg.n_kv_heads, head_dim=model_cfg.head_dim,
              intermediate_size=model_cfg.mlp_dim, rms_norm_eps=model_cfg.norm_eps,
-             tie_word_embeddings=model_cfg.tie_embeddings, rope_theta=model_cfg.rope_theta,
+             # A scaled tied head is written untied (see hf_export.hf_tensors).
+             tie_word_embeddings=model_cfg.tie_embeddings and not model_cfg.tied_logit_scale,
+             rope_theta=model_cfg.rope_theta,
              rope_scaling=_rope_scaling_out(model_cfg.rope_scaling), torch_dtype=dtype)
   if FAMILIES[arch][0] in BLOCK_FAMILIES:
     out.update({BLOCK_FAMILIES[FAMILIES[arch][0]].block_key: block,

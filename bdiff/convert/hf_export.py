@@ -37,13 +37,34 @@ def _side(workdir: str) -> tuple[str, dict, dict | None]:
 
 
 def hf_tensors(params, model_cfg, dtype: str = "float32") -> dict[str, np.ndarray]:
-  """HF name -> numpy tensor for a bdiff params tree (gathered to this host)."""
+  """HF name -> numpy tensor for a bdiff params tree (gathered to this host).
+
+  bdiff's own tied head scales logits by 1/sqrt(d_model), which a HF tied head cannot: it is
+  written as an untied ``lm_head`` holding the scaled embedding (the same function).
+  """
   maps = layout.tensor_maps(params, model_cfg)
   out = {}
   for m, leaf in zip(maps, jax.tree.leaves(params)):
     for name, value in m.to_hf(np.asarray(jax.device_get(leaf))).items():
-      out[name] = value.astype(NUMPY_DTYPES[dtype])
-  return out
+      out[name] = value
+  if model_cfg.tie_embeddings and model_cfg.tied_logit_scale:
+    out["lm_head.weight"] = out["model.embed_tokens.weight"] * np.float32(
+        model_cfg.d_model ** -0.5)
+  return {name: value.astype(NUMPY_DTYPES[dtype]) for name, value in out.items()}
+
+
+def check_exportable(cfg) -> None:
+  """A bdiff model with an appended [MASK] row exports as a plain AR LM, which is only what
+  it computes when it was trained as one: block size 1 with token shift (position i's logits
+  predict token i + 1). ValueError naming the keys otherwise."""
+  if cfg.model.mask_token_id < 0 and (cfg.diffusion.block_size != 1
+                                      or not cfg.diffusion.token_shift):
+    raise ValueError(
+        "export writes Llama/Qwen next-token models; this run has diffusion.block_size="
+        f"{cfg.diffusion.block_size}, diffusion.token_shift={cfg.diffusion.token_shift} and "
+        "no mask token in its vocabulary (model.mask_token_id=-1), so its logits are not "
+        "next-token logits: export runs trained with block_size=1 and token_shift=True, or "
+        "converted block-diffusion checkpoints (SDAR, Fast-dLLM v2)")
 
 
 def export_to_hf(workdir: str, out_dir: str, *, dtype: str | None = None) -> dict:
@@ -57,6 +78,7 @@ def export_to_hf(workdir: str, out_dir: str, *, dtype: str | None = None) -> dic
   if dtype not in NUMPY_DTYPES:
     raise ValueError(f"export dtype must be one of {sorted(NUMPY_DTYPES)}, got {dtype!r}")
   cfg, params, _ = runs.restore_params(workdir)
+  check_exportable(cfg)
   hf = families.hf_config_from_model(cfg.model, base, dtype, cfg.diffusion.block_size)
   tensors = hf_tensors(params, cfg.model, dtype)
   os.makedirs(out_dir, exist_ok=True)
