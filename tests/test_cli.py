@@ -13,6 +13,7 @@ from bdiff.data import store
 from cli_common import call, one_line_error  # tests/cli_common.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
 
 
 def run_cli(*args, timeout=120):
@@ -49,7 +50,7 @@ def test_each_command_help_lists_its_flags_and_an_example(capsys, command, flags
 
 def test_bad_override_value_fails_early_naming_the_key(capsys, tmp_path):
   workdir = tmp_path / "run"
-  code, _, err = call(capsys, "train", "--config", "configs/tiny.py", "--workdir", str(workdir),
+  code, _, err = call(capsys, "train", "--config", TINY, "--workdir", str(workdir),
                       "--config.diffusion.block_size=5")
   assert code == 2 and "diffusion.block_size" in one_line_error(err)
   assert not workdir.exists()  # validation failed before the run directory was made
@@ -65,7 +66,7 @@ def test_bad_override_value_fails_early_naming_the_key(capsys, tmp_path):
     ("--config.train.global_batch=0", "train.global_batch must be positive, got 0"),
 ])
 def test_bad_override_key_or_type_is_a_usage_error(capsys, tmp_path, override, message):
-  code, _, err = call(capsys, "train", "--config", "configs/tiny.py", "--workdir",
+  code, _, err = call(capsys, "train", "--config", TINY, "--workdir",
                       str(tmp_path / "run"), override)
   assert code == 2, err
   assert message in one_line_error(err)
@@ -74,17 +75,15 @@ def test_bad_override_key_or_type_is_a_usage_error(capsys, tmp_path, override, m
 @pytest.mark.parametrize("args, message", [
     (["train", "--workdir", "w"], "the following arguments are required: --config"),
     (["train", "--config", "configs/nope.py", "--workdir", "w"], "no such file"),
-    (["train", "--config", "configs/tiny.py", "--workdir", "w", "--bogus"],
+    (["train", "--config", TINY, "--workdir", "w", "--bogus"],
      "unrecognized arguments: --bogus"),
     (["sample", "--workdir", "nowhere", "--prompts", "p", "--out", "o"],
      "--workdir nowhere: no such directory"),
-    (["train", "--config", "configs/tiny.py", "--workdir", "w", "--config.train.steps"],
+    (["train", "--config", TINY, "--workdir", "w", "--config.train.steps"],
      "--config.train.steps needs a value"),
 ])
 def test_usage_errors_are_one_line(capsys, tmp_path, monkeypatch, args, message):
   monkeypatch.chdir(tmp_path)
-  if "configs/tiny.py" in args:
-    args = [os.path.join(ROOT, a) if a == "configs/tiny.py" else a for a in args]
   code, _, err = call(capsys, *args)
   assert code == 2, err
   assert message in one_line_error(err)
@@ -92,13 +91,13 @@ def test_usage_errors_are_one_line(capsys, tmp_path, monkeypatch, args, message)
 
 def test_train_checks_its_run_directory_before_any_work(capsys, tmp_path):
   (tmp_path / "checkpoints").write_text("not a directory")
-  code, _, err = call(capsys, "train", "--config", "configs/tiny.py", "--workdir", tmp_path)
+  code, _, err = call(capsys, "train", "--config", TINY, "--workdir", tmp_path)
   assert code == 2 and "checkpoints exists and is not a directory" in one_line_error(err)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
 
 
 def test_verbose_adds_the_traceback(capsys, tmp_path):
-  code, _, err = call(capsys, "train", "--config", "configs/tiny.py", "--workdir",
+  code, _, err = call(capsys, "train", "--config", TINY, "--workdir",
                       str(tmp_path), "--config.diffusion.block_size=5", "--verbose")
   assert code == 2 and "Traceback" in err and "bdiff: error: " in err.splitlines()[-1]
 
