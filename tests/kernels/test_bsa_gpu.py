@@ -1,6 +1,7 @@
-"""The Mosaic GPU kernel (gpu.py) run on CPU by the Mosaic GPU interpreter, against the
-pure-JAX reference, for every mask type, GQA, lengths that are not tile multiples, segment
-ids, runtime top-k plans, empty rows, f16 and bf16. Shapes are tiny: the interpreter
+"""The Mosaic GPU kernels (gpu.py: forward, dQ, dK/dV) run on CPU by the Mosaic GPU
+interpreter, against the pure-JAX reference and its autodiff, for every mask type, GQA,
+lengths that are not tile multiples, segment ids, runtime top-k plans, empty rows, f16 and
+bf16. Shapes are tiny: the interpreter
 simulates every warpgroup, barrier and TMA copy of every CTA."""
 from __future__ import annotations
 
@@ -35,70 +36,90 @@ def _heads_major(x):
   return x.transpose(0, 2, 1, 3)
 
 
-def check_forward(plan, *, heads=2, kv_heads=1, head_dim=64, dtype=jnp.float16,
-                  segment_ids=None, interpret=None, seed=0, **kwargs):
-  """Runs the interpreted kernel and asserts it equals the reference; returns the LSE."""
-  q, k, v = bsa_common.qkv(jax.random.key(seed), 1 if segment_ids is None else
-                           segment_ids[0].shape[0], plan.q_len, plan.kv_len, heads, kv_heads,
+def _assert_close(actual, expected, dtype, what):
+  np.testing.assert_allclose(np.asarray(actual, np.float32), np.asarray(expected, np.float32),
+                             err_msg=what, **TOL[dtype])
+
+
+def check(plan, *, heads=2, kv_heads=1, head_dim=64, dtype=jnp.float16, segment_ids=None,
+          interpret=None, grads=False, **kwargs):
+  """Runs the interpreted kernels and asserts they equal the reference (forward, and with
+  ``grads`` the vjp of (out, lse) for random cotangents); returns the LSE."""
+  batch = 1 if segment_ids is None else segment_ids[0].shape[0]
+  key_in, key_out = jax.random.split(jax.random.key(0))
+  q, k, v = bsa_common.qkv(key_in, batch, plan.q_len, plan.kv_len, heads, kv_heads,
                            head_dim, dtype)
   scale = head_dim ** -0.5
-  out, lse = gpu.forward(*map(_heads_major, (q, k, v)), plan, scale=scale,
-                         segment_ids=segment_ids,
-                         interpret=interpret or plgpu.InterpretGPUParams(), **kwargs)
-  ref_out, ref_lse = reference.attention(q, k, v, plan, scale=scale, segment_ids=segment_ids)
-  np.testing.assert_allclose(np.asarray(_heads_major(out), np.float32),
-                             np.asarray(ref_out, np.float32), err_msg="out", **TOL[dtype])
+  interpret = interpret or plgpu.InterpretGPUParams()
+  qkv = [_heads_major(x) for x in (q, k, v)]
+  out, lse = gpu.forward(*qkv, plan, scale=scale, segment_ids=segment_ids,
+                         interpret=interpret, **kwargs)
+  ref = lambda q, k, v: reference.attention(q, k, v, plan, scale=scale,
+                                            segment_ids=segment_ids)
+  (ref_out, ref_lse), vjp = jax.vjp(ref, q, k, v)
+  _assert_close(_heads_major(out), ref_out, dtype, "out")
   lse, ref_lse = np.asarray(lse), np.asarray(ref_lse)
   np.testing.assert_array_equal(np.isfinite(lse), np.isfinite(ref_lse), err_msg="empty rows")
   finite = np.isfinite(ref_lse)
   np.testing.assert_allclose(lse[finite], ref_lse[finite], err_msg="lse", **LSE_TOL)
+  if grads:
+    k1, k2 = jax.random.split(key_out)
+    dout = jax.random.normal(k1, q.shape, jnp.float32).astype(dtype)
+    dlse = jnp.where(finite, jax.random.normal(k2, lse.shape), 0.0)
+    grads = gpu.backward(*qkv, out, jnp.asarray(lse), _heads_major(dout), dlse, plan,
+                         scale=scale, segment_ids=segment_ids, interpret=interpret, **kwargs)
+    for name, got, want in zip(("dq", "dk", "dv"), grads, vjp((dout, dlse))):
+      _assert_close(_heads_major(got), want, dtype, name)
   return lse
 
 
-def test_block_causal_offset_gqa_two_compute_warpgroups():
-  # 100 queries against a 64-token cache + themselves: neither length is a tile multiple;
+def test_block_causal_offset_gqa_with_grads():
+  # 60 queries against a 64-token cache + themselves: neither length is a tile multiple;
   # block_q = 128 runs two compute warpgroups sharing one plan row (schedule barrier on).
-  mask = masks.block_causal(100, 164, 8, q_offset=64)
-  check_forward(plan_lib.plan_for_mask(mask, block_q=128, block_k=64), heads=4, kv_heads=2)
+  mask = masks.block_causal(60, 124, 8, q_offset=64)
+  check(plan_lib.plan_for_mask(mask, block_q=128, block_k=64), heads=4, kv_heads=2,
+        grads=True)
 
 
-def test_bd3_two_stream_bf16_head_dim_128():
-  mask = masks.bd3_training(96, 16)  # [x_t ; x_0], 192 tokens, diagonal tiles partial
-  check_forward(plan_lib.plan_for_mask(mask, block_q=128, block_k=64), head_dim=128,
-                dtype=jnp.bfloat16)
+def test_bd3_two_stream_bf16_head_dim_128_with_grads():
+  # [x_t ; x_0], 160 tokens: diagonal tiles partial, the last key tile mostly padding;
+  # block_k = 128 gives the dK/dV kernel two compute warpgroups.
+  mask = masks.bd3_training(80, 16)
+  check(plan_lib.plan_for_mask(mask, block_q=128, block_k=128), head_dim=128,
+        dtype=jnp.bfloat16, grads=True)
 
 
 def test_causal_and_window_three_stage_ring():
   mask = masks.causal(200) & masks.sliding_window(200, 200, left=70)
-  check_forward(plan_lib.plan_for_mask(mask, block_q=64, block_k=64), stages=3)
+  check(plan_lib.plan_for_mask(mask, block_q=64, block_k=64), stages=3)
 
 
-def test_empty_rows_give_zero_and_minus_inf():
+def test_empty_rows_give_zero_and_minus_inf_with_grads():
   # Rows q >= 45 see no key: some inside listed tiles, and a whole tile row that lists none.
   mask = masks.sliding_window(130, 40, left=5)
   plan = plan_lib.plan_for_mask(mask, block_q=64, block_k=64)
   assert int(np.asarray(plan.kv_count).min()) == 0
-  lse = check_forward(plan)
+  lse = check(plan, heads=1, grads=True)
   assert np.isneginf(lse[..., 45:]).all() and np.isfinite(lse[..., :45]).all()
 
 
-def test_segment_ids_bf16():
+def test_segment_ids_bf16_with_grads():
   mask = masks.block_causal(100, 164, 8, q_offset=64)
   rng = np.random.default_rng(0)
-  q_seg = np.sort(rng.integers(0, 3, (2, 100)), axis=1)
-  kv_seg = np.sort(rng.integers(0, 3, (2, 164)), axis=1)
-  check_forward(plan_lib.plan_for_mask(mask, block_q=128, block_k=64), dtype=jnp.bfloat16,
-                segment_ids=(jnp.asarray(q_seg), jnp.asarray(kv_seg)))
+  q_seg = np.sort(rng.integers(0, 3, (1, 100)), axis=1)
+  kv_seg = np.sort(rng.integers(0, 3, (1, 164)), axis=1)
+  check(plan_lib.plan_for_mask(mask, block_q=128, block_k=128), dtype=jnp.bfloat16,
+        segment_ids=(jnp.asarray(q_seg), jnp.asarray(kv_seg)), grads=True)
 
 
-def test_runtime_top_k_per_head_plan():
+def test_runtime_top_k_per_head_plan_with_grads():
   mask = masks.causal(192)
   nq = nk = 3
   scores = jax.random.uniform(jax.random.key(1), (1, 2, nq, nk))
   plan = plan_lib.plan_from_scores(scores, mask, k=2, block_q=64, block_k=64,
                                    forced=plan_lib.diagonal_tiles(mask, 64, 64))
   assert plan.group_shape == (1, 2) and plan.dynamic
-  check_forward(plan)
+  check(plan, grads=True)
 
 
 def test_full_flag_skips_the_predicate():
@@ -109,13 +130,13 @@ def test_full_flag_skips_the_predicate():
   plan = dataclasses.replace(plan, kv_full=full)
   dense = np.asarray(reference.dense_mask(plan))[0, 0]
   assert dense[:64, :64].all() and not dense[:64, 64:].any()
-  check_forward(plan, heads=1)
+  check(plan, heads=1)
 
 
-def test_no_races_in_the_pipeline():
-  mask = masks.block_causal(128, 192, 16)
-  check_forward(plan_lib.plan_for_mask(mask, block_q=128, block_k=64), heads=1,
-                interpret=plgpu.InterpretGPUParams(detect_races=True))
+def test_no_races_in_forward_and_backward():
+  mask = masks.block_causal(128, 128, 16)
+  check(plan_lib.plan_for_mask(mask, block_q=128, block_k=128), heads=1, grads=True,
+        interpret=plgpu.InterpretGPUParams(detect_races=True))
   assert not gpu_interpret.get_races().races_found
 
 
