@@ -30,7 +30,7 @@ from bdiff import config as config_lib
 from bdiff import convert
 from bdiff.convert import hf_export
 from bdiff import runs
-from bdiff.data import get_tokenizer, prepare, store
+from bdiff.data import get_task, get_tokenizer, prepare, store, task_names
 from bdiff.eval import speed_bench
 from bdiff.eval import tasks as eval_tasks
 from bdiff.train import loop
@@ -217,7 +217,13 @@ def cmd_sample(args, overrides) -> None:
 
 
 def cmd_eval(args, overrides) -> None:
-  eval_tasks.main(_run_config(args, overrides), args.workdir, args.tasks)
+  cfg = _run_config(args, overrides)
+  for name in task_names(args.tasks or cfg.eval.tasks):  # before the model is restored
+    try:
+      get_task(name)
+    except ValueError as e:
+      raise UsageError(f"--tasks: {e}") from e
+  eval_tasks.main(cfg, args.workdir, args.tasks)
 
 
 def cmd_bench(args, overrides) -> None:

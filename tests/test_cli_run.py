@@ -106,6 +106,12 @@ def test_eval_uses_the_saved_config_with_overrides(capsys, workdir):
   assert not (workdir / "saved_config.py").exists()
 
 
+def test_eval_checks_task_names_before_the_model_is_restored(capsys, workdir, restores):
+  code, _, err = call(capsys, "eval", "--workdir", workdir, "--tasks", "copy,nosuch")
+  assert code == 2 and "--tasks: unknown task 'nosuch'; known: [" in one_line_error(err)
+  assert not restores
+
+
 def test_a_run_without_config_is_named(capsys, tmp_path):
   code, _, err = call(capsys, "eval", "--workdir", tmp_path)
   assert code == 2 and "has no config.json: train there first" in one_line_error(err)
