@@ -1,5 +1,5 @@
-"""Hugging Face checkpoints in and out: Llama, Qwen2/Qwen2.5 and Qwen3 (``bdiff convert``,
-``bdiff export``)."""
+"""Hugging Face checkpoints in and out (``bdiff convert``, ``bdiff export``): Llama, Qwen2/Qwen2.5,
+Qwen3, and the block-diffusion families SDAR and Fast-dLLM v2."""
 from bdiff.convert.families import FAMILIES, hf_config_from_model, model_config_from_hf
 from bdiff.convert.hf_export import export_to_hf, hf_tensors
 from bdiff.convert.hf_import import check_tensors, convert_from_hf, hf_config, load_params

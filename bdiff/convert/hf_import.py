@@ -9,8 +9,9 @@ family's format back.
 
 Everything is checked against the safetensors headers first (a missing, extra or misshapen
 tensor is a ValueError naming it), and only then is each parameter built shard by shard:
-``jax.make_array_from_callback`` asks for each device's slice, which is read from the file
-alone, so no host or device ever holds a tensor its sharding splits.
+``jax.make_array_from_callback`` asks for each of this host's devices' slices, each read from
+the file alone: a device never holds more of a tensor than its shard, and a host (one process
+of a multi-host run) reads only what its own devices hold, one parameter at a time.
 """
 from __future__ import annotations
 
