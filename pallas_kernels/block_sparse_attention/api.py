@@ -5,6 +5,9 @@
 
   * ``"tpu"``: the Mosaic TPU kernel (:mod:`.tpu`), the default on TPU;
   * ``"tpu_interpret"``: the same kernel in Pallas interpret mode (CPU tests);
+  * ``"gpu"``: the Mosaic GPU (Hopper) kernel (:mod:`.gpu`), bf16/f16 only; not yet the
+    default on GPU (it has not run on hardware);
+  * ``"gpu_interpret"``: the same kernel in the Mosaic GPU interpreter (CPU tests);
   * ``"reference"``: the pure-JAX oracle (:mod:`.reference`), the default on CPU, and on GPU
     until the Mosaic GPU kernel (``gpu.py``, a separate issue) exists.
 """
@@ -18,6 +21,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.block_sparse_attention import gpu
 from pallas_kernels.block_sparse_attention import plan as plan_lib
 from pallas_kernels.block_sparse_attention import reference
 from pallas_kernels.block_sparse_attention import tpu
@@ -25,7 +29,10 @@ from pallas_kernels.block_sparse_attention import tpu
 SparsityPlan = plan_lib.SparsityPlan
 plan_from_scores = plan_lib.plan_from_scores
 plan_from_selection = plan_lib.plan_from_selection
-BACKENDS = ("tpu", "tpu_interpret", "reference")
+BACKENDS = ("tpu", "tpu_interpret", "gpu", "gpu_interpret", "reference")
+# backend -> (kernel module, its ``interpret`` argument)
+_KERNELS = {"tpu": (tpu, False), "tpu_interpret": (tpu, True), "gpu": (gpu, None),
+            "gpu_interpret": (gpu, gpu.INTERPRET)}
 _DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 _log = logging.getLogger(__name__)
 
@@ -112,6 +119,8 @@ def _check_inputs(q, k, v, plan, backend: str) -> None:
   if backend in ("tpu", "tpu_interpret") and (plan.block_q % 8 or plan.block_k % 8):
     raise ValueError(f"TPU tiles (block_q, block_k) must be multiples of 8 (the sublane "
                      f"count), got ({plan.block_q}, {plan.block_k})")
+  if backend in ("gpu", "gpu_interpret"):
+    gpu.check_supported(q, k, plan)
 
 
 def _checked_segments(segment_ids, b: int, lq: int, lk: int):
@@ -134,21 +143,23 @@ def _checked_segments(segment_ids, b: int, lq: int, lk: int):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _kernel_attention(q, k, v, plan, segment_ids, scale, interpret):
-  return tpu.forward(q, k, v, plan, scale=scale, segment_ids=segment_ids, interpret=interpret)
+def _kernel_attention(q, k, v, plan, segment_ids, scale, backend):
+  return _kernel_fwd(q, k, v, plan, segment_ids, scale, backend)[0]
 
 
-def _kernel_fwd(q, k, v, plan, segment_ids, scale, interpret):
-  out, lse = tpu.forward(q, k, v, plan, scale=scale, segment_ids=segment_ids,
-                         interpret=interpret)
+def _kernel_fwd(q, k, v, plan, segment_ids, scale, backend):
+  kernel, interpret = _KERNELS[backend]
+  out, lse = kernel.forward(q, k, v, plan, scale=scale, segment_ids=segment_ids,
+                            interpret=interpret)
   return (out, lse), (q, k, v, plan, segment_ids, out, lse)
 
 
-def _kernel_bwd(scale, interpret, res, cotangents):
+def _kernel_bwd(scale, backend, res, cotangents):
   q, k, v, plan, segment_ids, out, lse = res
   dout, dlse = cotangents
-  dq, dk, dv = tpu.backward(q, k, v, out, lse, dout, dlse, plan, scale=scale,
-                            segment_ids=segment_ids, interpret=interpret)
+  kernel, interpret = _KERNELS[backend]
+  dq, dk, dv = kernel.backward(q, k, v, out, lse, dout, dlse, plan, scale=scale,
+                               segment_ids=segment_ids, interpret=interpret)
   return dq, dk, dv, None, None  # plan tables and segment ids are integers: no cotangent
 
 
@@ -159,10 +170,9 @@ _kernel_attention.defvjp(_kernel_fwd, _kernel_bwd)
 def _attention(q, k, v, plan, segment_ids, *, scale: float, backend: str):
   if backend == "reference":
     return reference.attention(q, k, v, plan, scale=scale, segment_ids=segment_ids)
-  interpret = backend == "tpu_interpret"
   heads_major = lambda x: x.transpose(0, 2, 1, 3)  # [b, T, h, d] -> [b, h, T, d]
   out, lse = _kernel_attention(heads_major(q), heads_major(k), heads_major(v), plan,
-                               segment_ids, scale, interpret)
+                               segment_ids, scale, backend)
   return heads_major(out), lse
 
 
@@ -180,7 +190,8 @@ def block_sparse_attention(q, k, v, plan: SparsityPlan, *, segment_ids=None,
       integers (splash ``SegmentIds``): an element is attended iff the plan allows it and
       its segments are equal.
     scale: logit scale, default 1/sqrt(head_dim).
-    backend: None (platform default), "tpu", "tpu_interpret" or "reference".
+    backend: None (platform default), "tpu", "tpu_interpret", "gpu", "gpu_interpret" or
+      "reference".
     block_sizes: kernel tiles; a static plan is rebuilt at them.
     return_lse: also return the log-sum-exp.
 

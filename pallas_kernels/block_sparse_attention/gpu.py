@@ -56,6 +56,8 @@ WG_ROWS = 64  # wgmma M: query rows per compute warpgroup
 DTYPES = (jnp.bfloat16, jnp.float16)
 _LOG2E = math.log2(math.e)
 _LN2 = math.log(2.0)
+# Interpreter settings of the "gpu_interpret" backend (api.py): the kernels run on CPU.
+INTERPRET = plgpu.InterpretGPUParams()
 # Register split of the FA3 example: 2 compute warpgroups x 232 + 1 memory x 40 (x 128
 # threads) fits the 64K registers of an SM.
 _COMPUTE_REGISTERS, _MEMORY_REGISTERS = 232, 40
