@@ -17,7 +17,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from bdiff import attention, masks
 from pallas_kernels.block_sparse_attention import gpu, reference
 from pallas_kernels.block_sparse_attention import plan as plan_lib
-from tests.kernels import bsa_common
+from tests.kernels import bsa_common, mgpu_interpret_shim
 
 # Fixed per-dtype tolerances against the f32 reference on the same (rounded) inputs; the
 # kernel rounds P to the input dtype before the PV matmul, as FlashAttention does.
@@ -156,6 +156,17 @@ def test_full_flag_skips_the_predicate():
   dense = np.asarray(reference.dense_mask(plan))[0, 0]
   assert dense[:64, :64].all() and not dense[:64, 64:].any()
   check(plan, heads=1)
+
+
+@pytest.mark.skipif(not mgpu_interpret_shim.SUPPORTED,
+                    reason="the register-A wgmma shim is written for jax 0.11 internals")
+def test_gpu_variant_with_p_in_registers():
+  # The exact GPU code path (P and dS fed to wgmma from registers, as FlashAttention-3 does),
+  # which the stock interpreter cannot run: see mgpu_interpret_shim.
+  mask = masks.bd3_training(64, 8)
+  with mgpu_interpret_shim.register_a_wgmma():
+    check(plan_lib.plan_for_mask(mask, block_q=128, block_k=64), dtype=jnp.bfloat16,
+          grads=True, p_in_smem=False)
 
 
 def test_no_races_in_forward_and_backward():
