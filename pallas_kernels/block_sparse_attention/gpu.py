@@ -1,41 +1,52 @@
 """Mosaic GPU (Hopper) block-sparse attention driven by a :class:`SparsityPlan`.
 
-The kernel follows the FlashAttention-3 structure (Shah et al., arXiv 2407.08608) as written
+The kernels follow the FlashAttention-3 structure (Shah et al., arXiv 2407.08608) as written
 for Pallas in jax's own ``jax/experimental/pallas/ops/gpu/attention_mgpu.py`` (jax-ml/jax):
-one CTA per (query tile, head, batch element) with ``block_q // 64`` compute warpgroups of 64
-query rows each and one memory warpgroup that fills a ``stages``-deep shared-memory ring of K
-and V tiles by TMA, with a "ready" barrier (TMA completion) and a "consumed" barrier (both
-compute warpgroups arrive) per ring slot; QKᵀ and PV run on wgmma; with two compute
-warpgroups a schedule barrier ping-pongs them so one's softmax overlaps the other's matmuls.
+one CTA per (batch element, head, tile) with one or two compute warpgroups of 64 rows each
+and one memory warpgroup that fills a ``stages``-deep shared-memory ring by TMA, with a
+"ready" barrier (TMA completion) and a "free" barrier (all compute warpgroups arrive) per
+ring slot; every matmul is a wgmma; in the forward, two compute warpgroups ping-pong on a
+schedule barrier so one's softmax overlaps the other's matmuls.
 
 What the plan changes (the list-driven KV loop of jax-ml/jax PR #35114, "Mosaic GPU splash
 attention"; list-driven GPU block sparsity also in Dao-AILab/flash-attention PR #1942): the
-memory warpgroup visits only the query tile's listed KV tiles, reading the count and indices
-as scalars from GMEM tables (GPUs have no scalar-prefetch grid spec); the compute warpgroups
-apply the mask predicate only on tiles the plan marks partial, on int32 iotas offset by the
-GLOBAL tile index from the table. Both compute warpgroups consume the same KV stream, so they
-share the plan row of their 128-row tile. Segment ids, when given, are compared on every tile.
+memory warpgroup streams only the tiles listed for the CTA's tile, reading the count and
+indices as scalars from GMEM tables (GPUs have no scalar-prefetch grid spec); the compute
+warpgroups apply the mask predicate only on tiles the plan marks partial, on int32 iotas
+offset by the GLOBAL tile index from the table. The compute warpgroups of a CTA share its
+plan row. Segment ids, when given, are compared on every tile.
 
-Numerics: scores scaled by ``scale * log2(e)``, online softmax in base 2 with f32 m/l/acc; a
-row whose keys are all masked so far keeps ``m = -inf`` and is guarded (no ``inf - inf``);
-outputs ``O = acc / l`` and the natural-log ``LSE = (m + log2 l) * ln 2``; a row with no
-allowed key gives ``O = 0``, ``LSE = -inf``.
+* Forward (grid over query tiles, KV tiles from the forward lists): scores scaled by
+  ``scale * log2(e)``, online softmax in base 2 with f32 m/l/acc; a row whose keys are all
+  masked so far keeps ``m = -inf`` and is guarded (no ``inf - inf``); outputs
+  ``O = acc / l`` and the natural-log ``LSE = (m + log2 l) * ln 2``; a row with no allowed
+  key gives ``O = 0``, ``LSE = -inf``.
+* dQ (same grid and lists): P recomputed from the LSE, ``dQ += dS K``.
+* dK/dV (grid over KV tiles, query tiles from the transposed lists): transposed score tiles
+  [64 keys, block_q queries] so P and dS are register A operands, ``dV += Pᵀ dO``,
+  ``dK += dSᵀ Q``; computed per query head and summed over each GQA group in f32 outside
+  (as the FA3 example does), which keeps the kernel deterministic.
 
-Two departures from the example, both for the GPU interpreter
-(``plgpu.InterpretGPUParams``, which runs the kernel on CPU in tests):
+Departures from the example, for the GPU interpreter (``plgpu.InterpretGPUParams``, which
+runs these kernels on CPU in the tests):
 
-* PV accumulates into a fresh wgmma accumulator (``pl.run_scoped(..., plgpu.ACC)``) that is
-  added to ``acc`` in registers, instead of ``pl.run_state(...)(plgpu.ACC.init(acc))``: the
-  interpreter of jax 0.11.2 does not implement ``run_state``.
+* Matmuls accumulate into a fresh wgmma accumulator (``pl.run_scoped(..., plgpu.ACC)``)
+  that is added to the running sum in registers, instead of
+  ``pl.run_state(...)(plgpu.ACC.init(acc))``: the interpreter of jax 0.11.2 does not
+  implement ``run_state``. The GPU cost is one f32 add per element per step.
 * The interpreter reads a wgmma's A operand only from shared memory, so with
-  ``p_in_smem=True`` (the default under interpretation) P is staged through a per-warpgroup
-  SMEM tile; on the GPU P stays in registers (an RS wgmma, as in FlashAttention-3). Both
-  variants lower for CUDA (tests/kernels/test_bsa_gpu_lowering.py).
+  ``p_in_smem=True`` (the default under interpretation) P and dS are staged through a
+  per-warpgroup SMEM tile; on the GPU they stay in registers (an RS wgmma, as in
+  FlashAttention-3). Both variants lower for CUDA, and a test-only interpreter shim runs the
+  register variant too (tests/kernels/mgpu_interpret_shim.py).
+* Mask predicates are re-evaluated with boolean NOT as XOR (:func:`_lowerable_predicate`):
+  Mosaic GPU cannot lower NOT of a bool vector in jax 0.11.2.
 
 Layout: [b, heads, T, d] (heads-major, as :mod:`.tpu`); lengths are padded to tile
 multiples here (the plan masks padded keys; padded query rows are dropped). bf16 or f16
 inputs, head_dim a multiple of 64 up to 256, plan tiles ``block_q`` and ``block_k`` of 64 or
-128 (one or two compute warpgroups).
+128 (one or two compute warpgroups). Shared memory bounds ``stages`` (2 fits at D = 128 with
+128-row tiles; 3 fits with 64-key tiles).
 """
 from __future__ import annotations
 
@@ -192,10 +203,10 @@ def _slot(j, stages: int):
 # Pieces shared by the three kernels: scratch, TMA streams, masking, stores.
 
 
-def _add_buffers(scratch, count: int, specs):
+def _add_buffers(scratch, count: int, buffers):
   """Adds ``count`` SMEM tiles and a TMA "ready" barrier each per (name, shape, dtype, 16-bit
-  wgmma operand?) spec: one per compute warpgroup, or one per ring slot."""
-  for name, shape, dtype, operand in specs:
+  wgmma operand?) entry of ``buffers``: one per compute warpgroup, or one per ring slot."""
+  for name, shape, dtype, operand in buffers:
     transforms = _smem_transforms() if operand else ()
     scratch[name] = plgpu.SMEM((count,) + shape, dtype, transforms=transforms)
     scratch[name + "_ready"] = plgpu.Barrier(num_barriers=count)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from bdiff import masks
-from pallas_kernels.block_sparse_attention import gpu
+from pallas_kernels.block_sparse_attention import api, gpu
 from pallas_kernels.block_sparse_attention import plan as plan_lib
 
 T, D, TILE = 8192, 128, 128
@@ -104,3 +104,22 @@ def test_top_k_plan_forward_lowers_for_cuda():
   scores = _spec(1, 4, nt, nt, dtype=jnp.float32)
   lowered = jax.jit(f).trace(q, kv, kv, scores).lower(lowering_platforms=("cuda",))
   assert _mosaic_calls(lowered) == ["mosaic_gpu_v2"]
+
+
+def test_top_k_plan_forward_and_backward_through_the_api_lower_for_cuda():
+  # backend="gpu" through the api's custom_vjp: three Mosaic GPU kernels (forward, dQ, dK/dV)
+  # on a runtime top-k plan, whose transposed lists have room for every query tile.
+  mask, nt = masks.causal(T), T // TILE
+
+  def f(q, k, v, scores, dout):
+    plan = plan_lib.plan_from_scores(scores, mask, k=16, block_q=TILE, block_k=TILE,
+                                     forced=plan_lib.diagonal_tiles(mask, TILE, TILE))
+    attend = lambda q, k, v: api.block_sparse_attention(q, k, v, plan, backend="gpu")
+    out, vjp = jax.vjp(attend, q, k, v)
+    return out, vjp(dout)
+
+  q = _spec(1, T, 4, D)
+  kv = _spec(1, T, 2, D)
+  scores = _spec(1, 4, nt, nt, dtype=jnp.float32)
+  lowered = jax.jit(f).trace(q, kv, kv, scores, q).lower(lowering_platforms=("cuda",))
+  assert _mosaic_calls(lowered) == ["mosaic_gpu_v2"] * 3
