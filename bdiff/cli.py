@@ -28,6 +28,7 @@ import ml_collections
 
 from bdiff import config as config_lib
 from bdiff import convert
+from bdiff import distributed
 from bdiff.convert import hf_export
 from bdiff import runs
 from bdiff.data import get_task, get_tokenizer, prepare, store, task_names
@@ -263,6 +264,14 @@ def cmd_export(args, overrides) -> None:
 # ---------------------------------------------------------------------------------------------
 # Flags and help.
 
+# Multi-host runs (jax.distributed): all three on every host, or none (auto-detected on TPU
+# pods, SLURM and Open MPI; a single process otherwise).
+MULTI_HOST = ("train",)
+_MULTI_HOST_FLAGS = {
+    "coordinator_address": dict(metavar="HOST:PORT", help="multi-host: process 0's address"),
+    "num_processes": dict(type=int, metavar="N", help="multi-host: number of processes"),
+    "process_id": dict(type=int, metavar="I", help="multi-host: this process's index"),
+}
 _OVERRIDE_HELP = "set one config key (to its type), repeatable: --config.sample.threshold=0.9"
 _RUN = dict(required=True, help="a run directory (made by bdiff train or bdiff convert)")
 
@@ -282,6 +291,9 @@ def _add_command(sub, name: str, summary: str, example: str, **flags) -> None:
   if name not in NO_OVERRIDES:
     # split_overrides() takes these out before argparse sees them; this only documents them.
     p.add_argument("--config.KEY", metavar="VALUE", dest="_override_help", help=_OVERRIDE_HELP)
+  if name in MULTI_HOST:
+    for flag, kwargs in _MULTI_HOST_FLAGS.items():
+      p.add_argument(f"--{flag}", default=None, **kwargs)
   p.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
 
 
@@ -371,6 +383,15 @@ def _console_logging():
     log.propagate = propagate
 
 
+def _start_hosts(args) -> None:
+  """jax.distributed before the first device query (config validation resolves the mesh)."""
+  try:
+    distributed.initialize(distributed.DistributedArgs(
+        args.coordinator_address, args.num_processes, args.process_id))
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+
+
 def _fail(message: str, code: int, verbose: bool) -> int:
   if verbose:
     traceback.print_exc()
@@ -391,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if overrides and args.command in NO_OVERRIDES:
       raise UsageError(f"{args.command} takes no --config.* overrides "
                        f"(got --config.{overrides[0][0]})")
+    if args.command in MULTI_HOST:
+      _start_hosts(args)
     with _console_logging():
       COMMANDS[args.command](args, overrides)
   except UsageError as e:

@@ -22,6 +22,7 @@ import tqdm
 from bdiff import config as config_lib
 from bdiff import data as data_lib
 from bdiff import diffusion
+from bdiff import distributed
 from bdiff import flops
 from bdiff import sharding
 from bdiff.models import Transformer, count_params
@@ -113,12 +114,18 @@ def check_vocab(cfg, tokenizer) -> None:
 
 
 class MetricsWriter:
-  """JSONL (always) + TensorBoard (when tensorboardX is installed)."""
+  """JSONL (always) + TensorBoard (when tensorboardX is installed), from process 0 only.
+
+  Every process of a multi-host run computes the same (replicated) metrics; one writes them.
+  """
 
   def __init__(self, workdir: str, resume_step: int):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    _truncate_after(self.path, resume_step)
     self.tb = None
+    self.enabled = distributed.is_main_process()
+    if not self.enabled:
+      return
+    _truncate_after(self.path, resume_step)
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self.tb = SummaryWriter(os.path.join(workdir, "tb"))
@@ -126,6 +133,8 @@ class MetricsWriter:
       log.info("tensorboardX not installed: metrics go to metrics.jsonl only")
 
   def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
     row = {"step": int(step), **{k: _py(v) for k, v in metrics.items()}}
     with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(row) + "\n")
@@ -225,8 +234,9 @@ def _throughput(trainer, flops_per_step, dt) -> dict:
 def _run_steps(trainer, state, start, mgr, writer, flops_per_step, on_step) -> dict:
   cfg = trainer.cfg
   pending, last, window = [], {}, _Window()
+  show = cfg.train.progress and distributed.is_main_process()
   bar = tqdm.trange(start, cfg.train.steps, initial=start, total=cfg.train.steps,
-                    desc="train", disable=not cfg.train.progress, dynamic_ncols=True)
+                    desc="train", disable=not show, dynamic_ncols=True)
   for step in bar:
     batch = sharding.global_batch(trainer.data.train.batch(step), trainer.mesh)
     with jax.set_mesh(trainer.mesh):
@@ -270,8 +280,11 @@ def _maybe_eval(trainer, state, done, last) -> None:
 
 
 def _write_run_info(trainer, start: int) -> None:
+  if not distributed.is_main_process():
+    return
   info = {"config": config_lib.to_dict(trainer.cfg), "data_fingerprint": trainer.data.fingerprint,
           "devices": [str(d) for d in jax.devices()], "mesh": dict(trainer.mesh.shape),
+          "process_count": jax.process_count(),
           "resumed_from": start, "num_params": count_params(trainer.abstract_state.params)}
   with open(os.path.join(trainer.workdir, "run.json"), "w", encoding="utf-8") as f:
     json.dump(info, f, indent=1)
