@@ -5,6 +5,7 @@ bf16. Shapes are tiny: the interpreter
 simulates every warpgroup, barrier and TMA copy of every CTA."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import jax
@@ -73,12 +74,12 @@ def check(plan, *, heads=2, kv_heads=1, head_dim=64, dtype=jnp.float16, segment_
   return lse
 
 
-def test_attend_pallas_gpu_interpret_block_causal_offset_gqa(monkeypatch):
+def test_attend_pallas_gpu_interpret_block_causal_offset_gqa_segments(monkeypatch):
   """The public path: attend(impl="pallas", backend="gpu_interpret") runs the Mosaic GPU
   kernels (forward and backward through the api's custom_vjp) and equals the reference
   backend, for 60 queries against a 64-token cache + themselves (no length a tile multiple;
   the default 128-row tiles give two compute warpgroups per CTA), 4 query heads on 2 KV
-  heads."""
+  heads, and random packed segment ids."""
   calls = []
   for name in ("forward", "backward"):
     real = getattr(gpu, name)
@@ -87,9 +88,12 @@ def test_attend_pallas_gpu_interpret_block_causal_offset_gqa(monkeypatch):
   mask = masks.block_causal(60, 124, 8, q_offset=64)
   q, k, v = bsa_common.qkv(jax.random.key(2), 1, 60, 124, 4, 2, 64, jnp.bfloat16)
   dout = jax.random.normal(jax.random.key(3), q.shape).astype(jnp.bfloat16)
+  rng = np.random.default_rng(0)
+  segs = tuple(jnp.asarray(np.sort(rng.integers(0, 3, (1, n)), axis=1)) for n in (60, 124))
 
   def run(backend):
-    f = lambda q, k, v: attention.attend(q, k, v, mask, impl="pallas", backend=backend)
+    f = lambda q, k, v: attention.attend(q, k, v, mask, impl="pallas", backend=backend,
+                                         segment_ids=segs)
     out, vjp = jax.vjp(f, q, k, v)
     return out, vjp(dout)
 
@@ -106,12 +110,17 @@ def test_attend_pallas_gpu_backends_reject_float32():
     attention.attend(q, q, q, masks.causal(128), impl="pallas", backend="gpu_interpret")
 
 
-def test_bd3_two_stream_bf16_head_dim_128_with_grads():
-  # [x_t ; x_0], 160 tokens: diagonal tiles partial, the last key tile mostly padding;
-  # block_k = 128 gives the dK/dV kernel two compute warpgroups.
+def test_bd3_two_stream_bf16_head_dim_128_gpu_variant_with_grads():
+  """[x_t ; x_0], 160 tokens: diagonal tiles partial, the last key tile mostly padding;
+  block_k = 128 gives the dK/dV kernel two compute warpgroups. Runs the exact GPU code path
+  (P and dS fed to wgmma from registers, as FlashAttention-3 does), which the stock
+  interpreter cannot run (see mgpu_interpret_shim); on jax versions the shim does not
+  cover, the interpreter variant (P through shared memory) runs instead."""
   mask = masks.bd3_training(80, 16)
-  check(plan_lib.plan_for_mask(mask, block_q=128, block_k=128), head_dim=128,
-        dtype=jnp.bfloat16, grads=True)
+  registers = mgpu_interpret_shim.SUPPORTED
+  with (mgpu_interpret_shim.register_a_wgmma() if registers else contextlib.nullcontext()):
+    check(plan_lib.plan_for_mask(mask, block_q=128, block_k=128), head_dim=128,
+          dtype=jnp.bfloat16, grads=True, p_in_smem=not registers)
 
 
 def test_causal_and_window_three_stage_ring():
@@ -126,15 +135,6 @@ def test_empty_rows_give_zero_and_minus_inf_with_grads():
   assert int(np.asarray(plan.kv_count).min()) == 0
   lse = check(plan, heads=1, grads=True)
   assert np.isneginf(lse[..., 45:]).all() and np.isfinite(lse[..., :45]).all()
-
-
-def test_segment_ids_bf16_with_grads():
-  mask = masks.block_causal(100, 164, 8, q_offset=64)
-  rng = np.random.default_rng(0)
-  q_seg = np.sort(rng.integers(0, 3, (1, 100)), axis=1)
-  kv_seg = np.sort(rng.integers(0, 3, (1, 164)), axis=1)
-  check(plan_lib.plan_for_mask(mask, block_q=128, block_k=128), dtype=jnp.bfloat16,
-        segment_ids=(jnp.asarray(q_seg), jnp.asarray(kv_seg)), grads=True)
 
 
 def test_runtime_top_k_per_head_plan_with_grads():
@@ -156,17 +156,6 @@ def test_full_flag_skips_the_predicate():
   dense = np.asarray(reference.dense_mask(plan))[0, 0]
   assert dense[:64, :64].all() and not dense[:64, 64:].any()
   check(plan, heads=1)
-
-
-@pytest.mark.skipif(not mgpu_interpret_shim.SUPPORTED,
-                    reason="the register-A wgmma shim is written for jax 0.11 internals")
-def test_gpu_variant_with_p_in_registers():
-  # The exact GPU code path (P and dS fed to wgmma from registers, as FlashAttention-3 does),
-  # which the stock interpreter cannot run: see mgpu_interpret_shim.
-  mask = masks.bd3_training(64, 8)
-  with mgpu_interpret_shim.register_a_wgmma():
-    check(plan_lib.plan_for_mask(mask, block_q=128, block_k=64), dtype=jnp.bfloat16,
-          grads=True, p_in_smem=False)
 
 
 def test_no_races_in_forward_and_backward():
