@@ -124,6 +124,51 @@ def block_causal_mask(n: int, block: int, batch: int) -> torch.Tensor:
   return torch.where(allowed, 0.0, float("-inf"))[None, None].expand(batch, 1, n, n)
 
 
+def block_forward(model, tokens: torch.Tensor, block: int) -> torch.Tensor:
+  """Logits of the last block of ``tokens`` given the blocks before it: what a forward of that
+  block against the KV cache of the earlier blocks computes (here recomputed in full)."""
+  n = tokens.shape[1]
+  return model(tokens, attention_mask=block_causal_mask(n, block, 1)).logits[:, -block:]
+
+
+@torch.no_grad()
+def fast_dllm_v2_decode(model, prompt: list, block: int, small_block: int, max_new: int,
+                        threshold: float, mask_id: int) -> tuple[list, int, float]:
+  """Fast-dLLM v2's greedy block decoding (``batch_sample`` of its generation functions, one
+  row, no block cache, no stop token; every forward, the prefill included, under its
+  ``eval_mask``, i.e. block-causal): token-shifted predictions; within each sub-block,
+  commit every masked position whose top probability exceeds ``threshold`` and at least the
+  most confident one; a finished block's forward predicts the next block's first token.
+
+  Returns (generated ids, denoising steps, the smallest distance of a masked position's
+  confidence to the threshold or of its top-2 probabilities: how far from a tie it decided).
+  """
+  x, steps, margin = torch.tensor([prompt]), 0, float("inf")
+  n_blocks = max_new // block + len(prompt) // block
+  if len(prompt) > block and len(prompt) % block == 0:  # the prefill's last logit
+    x = torch.cat([x, block_forward(model, x, block)[:, -1:].argmax(-1)], dim=1)
+  for _ in range(len(prompt) // block, n_blocks):
+    x = torch.cat([x, torch.full((1, block - x.shape[1] % block), mask_id)], dim=1)
+    for lo in range(0, block, small_block):
+      sl = slice(x.shape[1] - block + lo, x.shape[1] - block + lo + small_block)
+      while (x[:, sl] == mask_id).any():
+        logits = block_forward(model, x, block)
+        shifted = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)[:, lo:lo + small_block]
+        p = torch.softmax(shifted, dim=-1)
+        top, conf = p.argmax(-1), p.max(-1).values
+        masked = x[:, sl] == mask_id
+        top2 = torch.topk(p, 2, dim=-1).values
+        margin = min(margin, float((conf - threshold).abs()[masked].min()),
+                     float((top2[..., 0] - top2[..., 1])[masked].min()))
+        steps += 1
+        conf = torch.where(masked, conf, -torch.inf)
+        commit = (conf > threshold) & masked
+        commit[0, conf[0].argmax()] = True
+        x[:, sl] = torch.where(commit, top, x[:, sl])
+    x = torch.cat([x, block_forward(model, x, block)[:, -1:].argmax(-1)], dim=1)
+  return x[0, len(prompt):].tolist(), steps, margin
+
+
 # name -> (weights of, architecture, model_type, config keys, mask token, tokenizer has it)
 BLOCK_FAMILIES = {
     "sdar": ("qwen3", "SDARForCausalLM", "sdar",
@@ -162,11 +207,26 @@ def make_block_family(name: str, tok: Tokenizer, seed: int) -> dict:
   logits = model(torch.tensor(input_ids),
                  attention_mask=block_causal_mask(12, block, 2)).logits.float().numpy()
   causal = model(torch.tensor(input_ids)).logits.float().numpy()
+  extra = {}
+  if name == "fast_dllm_v2":  # its reference greedy decode, prompts ending inside and at a block
+    prompts = [list(rng.integers(4, TOKENIZER_VOCAB, size=k)) for k in (6, 8)]
+    runs = [fast_dllm_v2_decode(model, p, block, block, 8, 0.9, mask_id) for p in prompts]
+    extra = dict(decode_prompts=pad(prompts), decode_generated=pad([r[0] for r in runs]),
+                 decode_steps=np.int32([r[1] for r in runs]),
+                 decode_min_margin=np.float32(min(r[2] for r in runs)))
   np.savez(os.path.join(out, "golden.npz"), input_ids=input_ids.astype(np.int32),
            logits=logits.astype(np.float32), block_size=np.int32(block),
-           mask_id=np.int32(mask_id))
+           mask_id=np.int32(mask_id), **extra)
   return {"family": name, "mask_id": mask_id, "block_vs_causal": float(np.abs(logits - causal).max()),
           "bytes": sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))}
+
+
+def pad(rows: list) -> np.ndarray:
+  """Ragged int rows as one int32 array, -1 past each row's end."""
+  out = np.full((len(rows), max(map(len, rows))), -1, np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return out
 
 
 def save(model, tok: Tokenizer, out: str, shard_size, mask_token=None) -> None:

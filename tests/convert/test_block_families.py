@@ -92,3 +92,22 @@ def test_fast_dllm_sampler_shifts_and_reads_its_mask_token(converted):
   assert out["tokens"][0, 0] == first
   block = np.concatenate([prompt, [first, 300, 300, 300]])[None]
   assert out["tokens"][0, 1] == int(np.argmax(forward(cfg, params, block, 4)[0, 8]))
+
+
+@pytest.mark.parametrize("row", [0, 1])
+def test_fast_dllm_v2_decode_equals_its_reference(converted, row):
+  """bdiff's ``fast_dllm_v2`` strategy on the converted checkpoint == Fast-dLLM v2's own greedy
+  block decoding (threshold 0.9 in sub-blocks, token shift, first token of each block from the
+  previous block's forward), token for token, for a prompt ending inside a block (6 tokens)
+  and one ending at a block boundary (8). The first row commits two tokens in one step (6
+  masked positions in 5 steps), so the threshold rule is exercised, not only top-1."""
+  g = golden("fast_dllm_v2")
+  assert g["decode_min_margin"] > 1e-3  # no decision of the reference is a float-rounding tie
+  prompt = g["decode_prompts"][row][g["decode_prompts"][row] >= 0]
+  want = g["decode_generated"][row][g["decode_generated"][row] >= 0]
+  cfg, params, tok = runs.restore_params(converted("fast_dllm_v2"))
+  assert (cfg.sample.strategy, cfg.sample.threshold, cfg.sample.sub_block,
+          cfg.sample.first_token_from_commit) == ("fast_dllm_v2", 0.9, 4, True)
+  cfg.sample.update(max_new_tokens=len(want), stop_at_eos=False)
+  out, _ = runs.Sampler(cfg, params, tok).generate_batch([prompt], [0], batch_size=1, width=8)
+  np.testing.assert_array_equal(out["tokens"][0, :len(want)], want)
