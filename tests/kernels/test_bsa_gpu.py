@@ -42,21 +42,18 @@ def _assert_close(actual, expected, dtype, what):
                              err_msg=what, **TOL[dtype])
 
 
-def check(plan, *, heads=2, kv_heads=1, head_dim=64, dtype=jnp.float16, segment_ids=None,
+def check(plan, *, batch=1, heads=2, kv_heads=1, head_dim=64, dtype=jnp.float16,
           interpret=None, grads=False, **kwargs):
   """Runs the interpreted kernels and asserts they equal the reference (forward, and with
   ``grads`` the vjp of (out, lse) for random cotangents); returns the LSE."""
-  batch = 1 if segment_ids is None else segment_ids[0].shape[0]
   key_in, key_out = jax.random.split(jax.random.key(0))
   q, k, v = bsa_common.qkv(key_in, batch, plan.q_len, plan.kv_len, heads, kv_heads,
                            head_dim, dtype)
   scale = head_dim ** -0.5
   interpret = interpret or plgpu.InterpretGPUParams()
   qkv = [_heads_major(x) for x in (q, k, v)]
-  out, lse = gpu.forward(*qkv, plan, scale=scale, segment_ids=segment_ids,
-                         interpret=interpret, **kwargs)
-  ref = lambda q, k, v: reference.attention(q, k, v, plan, scale=scale,
-                                            segment_ids=segment_ids)
+  out, lse = gpu.forward(*qkv, plan, scale=scale, interpret=interpret, **kwargs)
+  ref = lambda q, k, v: reference.attention(q, k, v, plan, scale=scale)
   (ref_out, ref_lse), vjp = jax.vjp(ref, q, k, v)
   _assert_close(_heads_major(out), ref_out, dtype, "out")
   lse, ref_lse = np.asarray(lse), np.asarray(ref_lse)
@@ -68,7 +65,7 @@ def check(plan, *, heads=2, kv_heads=1, head_dim=64, dtype=jnp.float16, segment_
     dout = jax.random.normal(k1, q.shape, jnp.float32).astype(dtype)
     dlse = jnp.where(finite, jax.random.normal(k2, lse.shape), 0.0)
     grads = gpu.backward(*qkv, out, jnp.asarray(lse), _heads_major(dout), dlse, plan,
-                         scale=scale, segment_ids=segment_ids, interpret=interpret, **kwargs)
+                         scale=scale, interpret=interpret, **kwargs)
     for name, got, want in zip(("dq", "dk", "dv"), grads, vjp((dout, dlse))):
       _assert_close(_heads_major(got), want, dtype, name)
   return lse
@@ -140,11 +137,11 @@ def test_empty_rows_give_zero_and_minus_inf_with_grads():
 def test_runtime_top_k_per_head_plan_with_grads():
   mask = masks.causal(192)
   nq = nk = 3
-  scores = jax.random.uniform(jax.random.key(1), (1, 2, nq, nk))
+  scores = jax.random.uniform(jax.random.key(1), (2, 2, nq, nk))  # per batch row and head
   plan = plan_lib.plan_from_scores(scores, mask, k=2, block_q=64, block_k=64,
                                    forced=plan_lib.diagonal_tiles(mask, 64, 64))
-  assert plan.group_shape == (1, 2) and plan.dynamic
-  check(plan, grads=True)
+  assert plan.group_shape == (2, 2) and plan.dynamic
+  check(plan, batch=2, grads=True)
 
 
 def test_full_flag_skips_the_predicate():
