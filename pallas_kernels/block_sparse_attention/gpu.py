@@ -44,7 +44,7 @@ runs these kernels on CPU in the tests):
 
 Layout: [b, heads, T, d] (heads-major, as :mod:`.tpu`); lengths are padded to tile
 multiples here (the plan masks padded keys; padded query rows are dropped). bf16 or f16
-inputs, head_dim a multiple of 64 up to 256, plan tiles ``block_q`` and ``block_k`` of 64 or
+inputs, head_dim 64 or 128, plan tiles ``block_q`` and ``block_k`` of 64 or
 128 (one or two compute warpgroups). Shared memory bounds ``stages`` (2 fits at D = 128 with
 128-row tiles; 3 fits with 64-key tiles).
 """
@@ -139,9 +139,9 @@ def check_supported(q, k, plan: plan_lib.SparsityPlan) -> None:
   if q.dtype not in DTYPES:
     raise ValueError(f"the Mosaic GPU kernel needs bfloat16 or float16 inputs (wgmma), got "
                      f"{q.dtype}")
-  if d % 64 or d > 256:
-    raise ValueError(f"head_dim must be a multiple of 64 up to 256 for the Mosaic GPU kernel, "
-                     f"got {d}")
+  if d not in (64, 128):
+    raise ValueError(f"head_dim must be 64 or 128 for the Mosaic GPU kernel (wgmma tiles of "
+                     f"64; larger heads overflow shared memory at 128-row tiles), got {d}")
   if plan.block_q not in (64, 128):
     raise ValueError(f"plan block_q must be 64 or 128 (64 query rows per compute "
                      f"warpgroup) for the Mosaic GPU kernel, got {plan.block_q}")

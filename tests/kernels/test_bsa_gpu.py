@@ -164,7 +164,7 @@ def test_no_races_in_forward_and_backward():
 
 @pytest.mark.parametrize("bad, message", [
     (dict(dtype=jnp.float32), "bfloat16 or float16"),
-    (dict(head_dim=96), "head_dim"),
+    (dict(head_dim=256), "head_dim"),
     (dict(block_q=32), "block_q"),
     (dict(block_k=96), "block_k"),
 ])

@@ -33,29 +33,29 @@ def _mosaic_calls(lowered) -> list[str]:
   return re.findall(r"custom_call @(mosaic_gpu\w*)", lowered.as_text())
 
 
-def _lower_forward(mask, *, segments=False, block_k=TILE, **kwargs):
+def _lower_forward(mask, *, segments=False, block_k=TILE, head_dim=D, **kwargs):
   plan = plan_lib.plan_for_mask(mask, block_q=TILE, block_k=block_k)
-  q = _spec(1, 4, mask.q_len, D)
-  kv = _spec(1, 2, mask.kv_len, D)
+  q = _spec(1, 4, mask.q_len, head_dim)
+  kv = _spec(1, 2, mask.kv_len, head_dim)
   segs = (_spec(1, mask.q_len, dtype=jnp.int32),
           _spec(1, mask.kv_len, dtype=jnp.int32)) if segments else None
 
   def f(q, k, v, plan, segs):
-    return gpu.forward(q, k, v, plan, scale=D ** -0.5, segment_ids=segs, **kwargs)
+    return gpu.forward(q, k, v, plan, scale=head_dim ** -0.5, segment_ids=segs, **kwargs)
 
   return jax.jit(f).trace(q, kv, kv, plan, segs).lower(lowering_platforms=("cuda",))
 
 
-def _lower_backward(mask, *, segments=False):
+def _lower_backward(mask, *, segments=False, head_dim=D):
   plan = plan_lib.plan_for_mask(mask, block_q=TILE, block_k=TILE)
-  q = _spec(1, 4, mask.q_len, D)
-  kv = _spec(1, 2, mask.kv_len, D)
+  q = _spec(1, 4, mask.q_len, head_dim)
+  kv = _spec(1, 2, mask.kv_len, head_dim)
   lse = _spec(1, 4, mask.q_len, dtype=jnp.float32)
   segs = (_spec(1, mask.q_len, dtype=jnp.int32),
           _spec(1, mask.kv_len, dtype=jnp.int32)) if segments else None
 
   def f(q, k, v, out, lse, dout, dlse, plan, segs):
-    return gpu.backward(q, k, v, out, lse, dout, dlse, plan, scale=D ** -0.5,
+    return gpu.backward(q, k, v, out, lse, dout, dlse, plan, scale=head_dim ** -0.5,
                         segment_ids=segs)
 
   return jax.jit(f).trace(q, kv, kv, q, lse, q, lse, plan, segs).lower(
@@ -71,6 +71,12 @@ def test_forward_lowers_for_cuda(name):
 def test_backward_lowers_for_cuda(name):
   # Two kernels: dQ over the forward lists, dK/dV over the transposed lists.
   assert _mosaic_calls(_lower_backward(MASKS[name])) == ["mosaic_gpu_v2"] * 2
+
+
+def test_head_dim_64_lowers_for_cuda():
+  mask = MASKS["bd3_two_stream"]
+  assert _mosaic_calls(_lower_forward(mask, head_dim=64)) == ["mosaic_gpu_v2"]
+  assert _mosaic_calls(_lower_backward(mask, head_dim=64)) == ["mosaic_gpu_v2"] * 2
 
 
 def test_backward_with_segments_lowers_for_cuda():
