@@ -169,6 +169,28 @@ def fast_dllm_v2_decode(model, prompt: list, block: int, small_block: int, max_n
   return x[0, len(prompt):].tolist(), steps, margin
 
 
+@torch.no_grad()
+def sdar_sequential_decode(model, prompt: list, block: int, gen_length: int,
+                           mask_id: int) -> tuple[list, float]:
+  """SDAR's ``block_diffusion_generate`` (its generate.py) with ``remasking_strategy=
+  'sequential'``, ``denoising_steps = block_length`` and ``top_k=1`` (its only deterministic
+  setting: the sampled token is the argmax): each block, one token per step left to right,
+  read without token shift under the block-causal mask; the prompt's whole blocks prefilled.
+  Returns (generated ids, the smallest top-1/top-2 logit gap of its choices)."""
+  margin = float("inf")
+  total = -(-(len(prompt) + gen_length) // block) * block
+  x = torch.full((1, total), mask_id)
+  x[0, :len(prompt)] = torch.tensor(prompt)
+  for start in range(len(prompt) // block * block, total, block):
+    while (x[:, start:start + block] == mask_id).any():
+      logits = block_forward(model, x[:, :start + block], block)
+      first = int((x[0, start:start + block] == mask_id).nonzero()[0])
+      top2 = torch.topk(logits[0, first], 2).values
+      margin = min(margin, float(top2[0] - top2[1]))
+      x[0, start + first] = logits[0, first].argmax()
+  return x[0, len(prompt):len(prompt) + gen_length].tolist(), margin
+
+
 # name -> (weights of, architecture, model_type, config keys, mask token, tokenizer has it)
 BLOCK_FAMILIES = {
     "sdar": ("qwen3", "SDARForCausalLM", "sdar",
@@ -214,6 +236,11 @@ def make_block_family(name: str, tok: Tokenizer, seed: int) -> dict:
     extra = dict(decode_prompts=pad(prompts), decode_generated=pad([r[0] for r in runs]),
                  decode_steps=np.int32([r[1] for r in runs]),
                  decode_min_margin=np.float32(min(r[2] for r in runs)))
+  if name == "sdar":  # its reference sequential decode, prompts ending inside and at a block
+    prompts = [list(rng.integers(4, TOKENIZER_VOCAB, size=k)) for k in (6, 8)]
+    runs = [sdar_sequential_decode(model, p, block, 8, mask_id) for p in prompts]
+    extra = dict(decode_prompts=pad(prompts), decode_generated=pad([r[0] for r in runs]),
+                 decode_min_margin=np.float32(min(r[1] for r in runs)))
   np.savez(os.path.join(out, "golden.npz"), input_ids=input_ids.astype(np.int32),
            logits=logits.astype(np.float32), block_size=np.int32(block),
            mask_id=np.int32(mask_id), **extra)
