@@ -134,14 +134,15 @@ def test_empty_rows_give_zero_and_minus_inf_with_grads():
   assert np.isneginf(lse[..., 45:]).all() and np.isfinite(lse[..., :45]).all()
 
 
-def test_runtime_top_k_per_head_plan_with_grads():
+def test_runtime_top_k_per_batch_and_kv_head_plan_with_grads():
   mask = masks.causal(192)
   nq = nk = 3
-  scores = jax.random.uniform(jax.random.key(1), (2, 2, nq, nk))  # per batch row and head
+  # One selection per batch row and KV head, shared by the KV head's two query heads.
+  scores = jax.random.uniform(jax.random.key(1), (2, 2, nq, nk))
   plan = plan_lib.plan_from_scores(scores, mask, k=2, block_q=64, block_k=64,
                                    forced=plan_lib.diagonal_tiles(mask, 64, 64))
   assert plan.group_shape == (2, 2) and plan.dynamic
-  check(plan, batch=2, grads=True)
+  check(plan, batch=2, heads=4, kv_heads=2, grads=True)
 
 
 def test_full_flag_skips_the_predicate():
