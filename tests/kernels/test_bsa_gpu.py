@@ -1,8 +1,8 @@
 """The Mosaic GPU kernels (gpu.py: forward, dQ, dK/dV) run on CPU by the Mosaic GPU
 interpreter, against the pure-JAX reference and its autodiff, for every mask type, GQA,
 lengths that are not tile multiples, segment ids, runtime top-k plans, empty rows, f16 and
-bf16. Shapes are tiny: the interpreter
-simulates every warpgroup, barrier and TMA copy of every CTA."""
+bf16. Shapes are tiny: the interpreter simulates every warpgroup, barrier and TMA copy of
+every CTA, and each kernel configuration costs a few seconds of compilation."""
 from __future__ import annotations
 
 import contextlib
