@@ -62,8 +62,9 @@ def plan_for_mask(mask, *, block_q: int = 128, block_k: int = 128) -> SparsityPl
 
 @functools.cache
 def _warn_no_gpu_kernel() -> None:
-  _log.warning("block_sparse_attention: no Mosaic GPU kernel yet (gpu.py); using the "
-               "pure-JAX reference backend on GPU")
+  _log.warning("block_sparse_attention: the Mosaic GPU kernel (backend='gpu') has not been "
+               "run on a GPU yet, so the default on GPU is the pure-JAX reference backend; "
+               "pass backend='gpu' to use the kernel")
 
 
 def _default_backend() -> str:
