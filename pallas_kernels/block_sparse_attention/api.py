@@ -62,9 +62,9 @@ def plan_for_mask(mask, *, block_q: int = 128, block_k: int = 128) -> SparsityPl
 
 @functools.cache
 def _warn_no_gpu_kernel() -> None:
-  _log.warning("block_sparse_attention: the Mosaic GPU kernel (backend='gpu') has not been "
-               "run on a GPU yet, so the default on GPU is the pure-JAX reference backend; "
-               "pass backend='gpu' to use the kernel")
+  _log.warning("block_sparse_attention: no Mosaic GPU kernel by default (backend='gpu', "
+               "gpu.py, has not run on a GPU yet); using the pure-JAX reference backend on "
+               "GPU")
 
 
 def _default_backend() -> str:
