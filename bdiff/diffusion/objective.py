@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from bdiff.diffusion import corruption
+from bdiff.diffusion import curriculum
 from bdiff.diffusion import losses
 from bdiff.diffusion.schedules import Schedule, get_schedule
 
@@ -51,6 +52,7 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
       aux_ar_weight=0.0,  # λ of the clean-stream next-token loss (NBDiff-style)
       context_causal=False,  # NBDiff token-causal clean stream (read by the model)
       time_conditioning=False,  # pass t to logits_fn (MD4); off for BD3-LM
+      block_curriculum=[],  # [(start_step, B), ...] growing B (NBDiff); [] = off; see curriculum
   ))
 
 
@@ -84,8 +86,10 @@ def validate_diffusion_config(cfg, seq_len: int) -> None:
   if cfg.weighting == "unit_all_masked" and not cfg.clip_min == cfg.clip_max == 1.0:
     raise ValueError("diffusion.weighting 'unit_all_masked' needs t ≡ 1: set "
                      "diffusion.clip_min = diffusion.clip_max = 1")
+  curriculum.check_block_curriculum(cfg.block_curriculum, bs, seq_len)
   if cfg.resample:
-    corruption.check_clip_window(bs, cfg.clip_min, cfg.clip_max)
+    for b in {bs, *(b for _, b in curriculum.stages(cfg.block_curriculum))}:
+      corruption.check_clip_window(b, cfg.clip_min, cfg.clip_max)
   if cfg.complementary_mask and cfg.weighting == "elbo":
     raise ValueError("diffusion.complementary_mask needs diffusion.weighting 'none' or 'inv_p' "
                      "(the complement has no schedule time for the ELBO weight)")

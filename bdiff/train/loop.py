@@ -26,7 +26,7 @@ from bdiff import distributed
 from bdiff import flops
 from bdiff import sharding
 from bdiff.models import Transformer, count_params
-from bdiff.train import checkpointing, state as state_lib, step as step_lib
+from bdiff.train import checkpointing, curriculum, rundir, state as state_lib, step as step_lib
 
 log = logging.getLogger("bdiff.train")
 
@@ -51,16 +51,18 @@ class Trainer:
 
   @classmethod
   def build(cls, cfg, workdir: str, mesh=None) -> "Trainer":
+    mesh = sharding.make_mesh(cfg.mesh) if mesh is None else mesh
+    # Validation first: a bad value is reported by its config key, not by the data loader.
+    config_lib.validate(cfg, tuple(mesh.shape.values()))
     data = data_lib.build_data(cfg.data, cfg.train.seq_len, cfg.train.global_batch,
                                cfg.train.seed, process_index=jax.process_index(),
                                process_count=jax.process_count())
     check_vocab(cfg, data.tokenizer)
-    mesh = sharding.make_mesh(cfg.mesh) if mesh is None else mesh
-    config_lib.validate(cfg, tuple(mesh.shape.values()))
     model, tx, abstract, shardings = state_lib.build(cfg, mesh)
     return cls(cfg=cfg, workdir=workdir, mesh=mesh, model=model, data=data, tx=tx,
                abstract_state=abstract, state_shardings=shardings,
-               train_step=step_lib.jit_train_step(model, tx, cfg, mesh, shardings),
+               train_step=curriculum.StagedTrainStep(
+                   lambda c: step_lib.jit_train_step(model, tx, c, mesh, shardings), cfg),
                eval_step=step_lib.jit_eval_step(model, cfg, mesh, shardings.params))
 
   def init_or_restore(self, mgr):
@@ -164,29 +166,40 @@ def _truncate_after(path: str, step: int) -> None:
 
 
 def _check_finite(pending: list) -> None:
+  """``pending`` holds (step, finite) with steps numbered from 1, as in metrics.jsonl."""
   for step, finite in pending:
     if not bool(finite):
-      raise NonFiniteLossError(f"non-finite loss or gradient at step {step}; stopping")
+      raise NonFiniteLossError(f"non-finite loss or gradient at step {step} (numbered from 1 "
+                               f"as in metrics.jsonl); stopping")
 
 
-def train(cfg, workdir: str, *, mesh=None, on_step: Callable | None = None) -> dict:
+def train(cfg, workdir: str, *, mesh=None, on_step: Callable | None = None,
+          allow_config_change: bool = False) -> dict:
   """Train (or resume) in ``workdir``. Returns the final metrics including held-out NELBO.
 
+  The config and data are checked before the run directory is created; the directory is then
+  locked for the whole run (a second training there is refused, naming the holder). A resume
+  whose config differs from the saved one in keys outside ``rundir.HARMLESS`` is refused
+  unless ``allow_config_change``; accepted changes go to ``WORKDIR/history.jsonl``.
   ``on_step(step)`` is called after every step (tests use it to simulate a crash).
   """
-  os.makedirs(workdir, exist_ok=True)
   trainer = Trainer.build(cfg, workdir, mesh)
   cfg = trainer.cfg
-  mgr = checkpointing.manager(workdir, max_to_keep=max(cfg.train.keep_checkpoints, 1))
-  state = trainer.init_or_restore(mgr)
-  start = int(state.step)
-  writer = MetricsWriter(workdir, start)
-  _write_run_info(trainer, start)
-  flops_per_step = flops.train_flops_per_step(cfg, count_params(state.params),
-                                              count_params(state.params["embed"]))
-  last = _run_steps(trainer, state, start, mgr, writer, flops_per_step, on_step)
-  writer.close()
-  return last
+  with rundir.locked(workdir):
+    mgr = checkpointing.manager(workdir, max_to_keep=max(cfg.train.keep_checkpoints, 1))
+    changes = rundir.on_main_process(lambda: rundir.check_config(
+        workdir, config_lib.to_dict(cfg), mgr.latest_step(), allow_config_change))
+    state = trainer.init_or_restore(mgr)
+    start = int(state.step)
+    rundir.record_changes(workdir, start, changes)
+    writer = MetricsWriter(workdir, start)
+    try:  # closed before any error propagates: its shutdown must not print after the error
+      _write_run_info(trainer, start)
+      flops_per_step = flops.train_flops_per_step(cfg, count_params(state.params),
+                                                  count_params(state.params["embed"]))
+      return _run_steps(trainer, state, start, mgr, writer, flops_per_step, on_step)
+    finally:
+      writer.close()
 
 
 _clock = time.perf_counter  # the loop's timer (tests substitute a fake clock)
@@ -233,15 +246,23 @@ def _throughput(trainer, flops_per_step, dt) -> dict:
 
 def _run_steps(trainer, state, start, mgr, writer, flops_per_step, on_step) -> dict:
   cfg = trainer.cfg
-  pending, last, window = [], {}, _Window()
   show = cfg.train.progress and distributed.is_main_process()
   bar = tqdm.trange(start, cfg.train.steps, initial=start, total=cfg.train.steps,
                     desc="train", disable=not show, dynamic_ncols=True)
+  try:  # the bar's last line is drawn before an error propagates, never after it
+    return _steps(trainer, state, start, mgr, writer, flops_per_step, on_step, bar)
+  finally:
+    bar.close()
+
+
+def _steps(trainer, state, start, mgr, writer, flops_per_step, on_step, bar) -> dict:
+  cfg = trainer.cfg
+  pending, last, window = [], {}, _Window()
   for step in bar:
     batch = sharding.global_batch(trainer.data.train.batch(step), trainer.mesh)
     with jax.set_mesh(trainer.mesh):
-      state, metrics = trainer.train_step(state, batch)
-    pending.append((step, metrics["finite"]))
+      state, metrics = trainer.train_step(state, batch, step)
+    pending.append((step + 1, metrics["finite"]))  # "step N" = the N-th update, as logged
     window.stepped(metrics)
     done = step + 1
     if done % cfg.train.log_every == 0 or done == cfg.train.steps:

@@ -1,0 +1,98 @@
+"""Block-size curriculum (NBDiff): stage per step, validation, one compile per stage, resume."""
+import json
+import os
+
+import jax
+import pytest
+
+from bdiff import config as config_lib
+from bdiff import sharding
+from bdiff.diffusion import curriculum as dcurriculum
+from bdiff.train import curriculum, loop, step as step_lib
+from configs import tiny
+
+STAGES = [[0, 1], [3, 2], [5, 4]]
+
+
+def tiny_cfg(stages=STAGES, **train):
+  cfg = tiny.get_config()
+  cfg.train.update(progress=False, **train)
+  cfg.diffusion.block_size = 4
+  cfg.diffusion.block_curriculum = stages
+  cfg.mesh.update(data=1, fsdp=1, tensor=1)
+  return cfg
+
+
+def one_device_mesh():
+  return sharding.make_mesh(tiny_cfg().mesh, devices=jax.devices()[:1])
+
+
+def test_block_size_at_each_step():
+  cfg = tiny_cfg()
+  assert [curriculum.block_size_at(cfg, s) for s in range(8)] == [1, 1, 1, 2, 2, 4, 4, 4]
+  cfg.diffusion.block_curriculum = []
+  assert [curriculum.block_size_at(cfg, s) for s in range(3)] == [4, 4, 4]
+
+
+@pytest.mark.parametrize("stages,match", [
+    ([[0, 1], [3, 2]], r"diffusion.block_curriculum: the last stage's block size 2 must equal diffusion.block_size=4"),
+    ([[1, 1], [3, 4]], "first stage must start at step 0"),
+    ([[0, 1], [3, 2], [3, 4]], r"block_curriculum\[2\]: start steps must increase"),
+    ([[0, 2], [3, 1], [5, 4]], r"block_curriculum\[1\]: block sizes must not shrink"),
+    ([[0, 3], [5, 4]], r"block_curriculum\[0\]: block size 3 must be a positive int dividing"),
+    ([[0, 1], [5]], r"block_curriculum\[1\] must be a pair of ints"),
+])
+def test_bad_curriculum_names_the_key(stages, match):
+  cfg = tiny_cfg(stages)
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate(cfg)
+
+
+def test_stage_config_drops_the_curriculum():
+  stage = curriculum.stage_config(tiny_cfg(), 2)
+  assert (stage.diffusion.block_size, list(stage.diffusion.block_curriculum)) == (2, [])
+  dcurriculum.check_block_curriculum(stage.diffusion.block_curriculum, 2, 32)
+
+
+def test_one_compiled_step_per_stage(tmp_path, monkeypatch):
+  built = []
+  real = step_lib.jit_train_step
+
+  def counting(model, tx, cfg, mesh, shardings):
+    built.append(cfg.diffusion.block_size)
+    return real(model, tx, cfg, mesh, shardings)
+
+  monkeypatch.setattr(loop.step_lib, "jit_train_step", counting)
+  cfg = tiny_cfg(steps=7, log_every=1, eval_batches=1)
+  loop.train(cfg, str(tmp_path / "run"), mesh=one_device_mesh())
+  assert built == [1, 2, 4]  # each stage's step built once, in stage order
+  with open(os.path.join(tmp_path, "run", "metrics.jsonl"), encoding="utf-8") as f:
+    logged = [(row["step"], row["block_size"]) for row in map(json.loads, f)]
+  # metrics row `done` reports the block size of step done - 1
+  assert logged == [(d, curriculum.block_size_at(cfg, d - 1)) for d in range(1, 8)]
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [(r["step"], r["block_size"], r["loss"]) for r in map(json.loads, f)]
+
+
+def test_resume_across_a_stage_boundary_is_exact(tmp_path):
+  """Checkpoint at step 2 (stage B=1), crash at 4 (stage B=2), resume: identical losses."""
+  cfg = tiny_cfg(steps=7, log_every=1, checkpoint_every=2, eval_batches=1)
+  mesh = one_device_mesh()
+  loop.train(cfg, str(tmp_path / "straight"), mesh=mesh)
+
+  class Crash(RuntimeError):
+    pass
+
+  def crash_at_3(step):
+    if step == 3:
+      raise Crash("simulated preemption after step 3 (last checkpoint at 2)")
+
+  with pytest.raises(Crash):
+    loop.train(cfg, str(tmp_path / "resumed"), mesh=mesh, on_step=crash_at_3)
+  loop.train(cfg, str(tmp_path / "resumed"), mesh=mesh)
+  straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "resumed")
+  assert [b for _, b, _ in straight] == [1, 1, 1, 2, 2, 4, 4]
+  assert resumed == straight  # floats compared exactly
