@@ -34,13 +34,14 @@ from bdiff import runs
 from bdiff.data import get_task, get_tokenizer, prepare, store, task_names
 from bdiff.eval import speed_bench
 from bdiff.eval import tasks as eval_tasks
-from bdiff.train import loop
+from bdiff.train import loop, rundir
 
 log = logging.getLogger("bdiff")
 
 # Raised by the library on bad input (a key, value, file): one line, exit 1.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-               FileExistsError, PermissionError, FloatingPointError)
+               FileExistsError, PermissionError, FloatingPointError,
+               rundir.WorkdirLockedError)
 
 
 class UsageError(Exception):
@@ -207,7 +208,7 @@ def cmd_train(args, overrides) -> None:
   _not_a_file(args.workdir, "--workdir")
   _not_a_file(os.path.join(args.workdir, "checkpoints"), "--workdir")
   validate(cfg)  # before the run directory is created
-  result = loop.train(cfg, args.workdir)
+  result = loop.train(cfg, args.workdir, allow_config_change=args.allow_config_change)
   print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=1))
 
 
@@ -303,7 +304,9 @@ def _add_commands(sub) -> None:
       "bdiff train --config configs/tiny.py --workdir runs/tiny --config.train.steps=100",
       config=dict(required=True, metavar="FILE[:VARIANT]",
                   help="config file, e.g. configs/tasks.py:block_size=8"),
-      workdir=dict(required=True, help="run directory (checkpoints, metrics)"))
+      workdir=dict(required=True, help="run directory (checkpoints, metrics)"),
+      allow_config_change=dict(action="store_true", help="resume although the config changed "
+                               "(changes recorded in WORKDIR/history.jsonl)"))
   _add_command(
       sub, "sample", "sample text for each prompt of a JSONL file",
       "bdiff sample --workdir runs/tasks --prompts prompts.jsonl --out samples.jsonl "

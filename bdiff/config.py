@@ -176,6 +176,8 @@ def parse_variant(arg: str | None, origin: str, **allowed: tuple) -> dict:
       value = int(raw)
     except ValueError:
       value = raw
+    if not allowed[key] and not isinstance(value, int):
+      raise ValueError(f"{origin}: variant {key} must be an integer, got {raw!r}")
     if allowed[key] and value not in allowed[key]:
       raise ValueError(f"{origin}: variant {key} must be one of {allowed[key]}, got {raw!r}")
     out[key] = value

@@ -82,12 +82,15 @@ def test_killed_and_resumed_run_logs_identical_losses(tmp_path):
   assert resumed == straight  # bit for bit: floats compared exactly
 
 
-def test_nan_is_detected_and_names_the_step(tmp_path, monkeypatch):
-  cfg = tiny_cfg(steps=6, log_every=3)
+def test_nan_is_detected_and_names_the_step_as_metrics_number_it(tmp_path, monkeypatch):
+  """The 5th update (batch index 4) is poisoned: the error says "step 5", the step that
+  metrics.jsonl would have logged next after its rows 1..4 (the old message said step 4).
+  The TensorBoard writer is closed before the error propagates (its shutdown used to print
+  a RuntimeError after the NaN message)."""
+  cfg = tiny_cfg(steps=6, log_every=1)
   mesh = one_device_mesh()
-  bad_step = 4
   probe = loop.Trainer.build(cfg, str(tmp_path / "probe"), mesh)
-  target = int(probe.data.train.batch(bad_step)["tokens"].sum())
+  target = int(probe.data.train.batch(4)["tokens"].sum())
   real_loss = step_lib.diffusion.training_loss
 
   def poisoned(logits_fn, x0, rng, dcfg, **kw):
@@ -95,14 +98,21 @@ def test_nan_is_detected_and_names_the_step(tmp_path, monkeypatch):
     return loss * jax.numpy.where(x0.sum() == target, jax.numpy.nan, 1.0), metrics
 
   monkeypatch.setattr(step_lib.diffusion, "training_loss", poisoned)
-  with pytest.raises(loop.NonFiniteLossError, match=f"step {bad_step}"):
+  closed = []
+  real_close = loop.MetricsWriter.close
+  monkeypatch.setattr(loop.MetricsWriter, "close",
+                      lambda self: (real_close(self), closed.append(self.tb is not None)))
+  with pytest.raises(loop.NonFiniteLossError, match=r"at step 5\b"):
     loop.train(cfg, str(tmp_path / "run"), mesh=mesh)
+  assert [s for s, _ in _losses(tmp_path / "run")] == [1, 2, 3, 4]
+  assert closed == [True]  # tensorboardX is installed: its writer was open, and was closed
 
 
 @pytest.mark.parametrize("key,value,match", [
     ("diffusion.block_size", 5, "block_size"),
     ("model.n_kv_heads", 3, "n_kv_heads"),
-    ("train.global_batch", 0, "global_batch"),
+    ("train.global_batch", 0, "train.global_batch must be positive"),
+    ("train.seq_len", 0, "train.seq_len must be positive"),
     ("optim.ema_decay", 1.5, "ema_decay"),
     ("sample.threshold", 0.0, "sample.threshold"),
 ])
@@ -112,6 +122,26 @@ def test_invalid_config_fails_naming_the_key(tmp_path, key, value, match):
   cfg[section][field] = value
   with pytest.raises(ValueError, match=match):
     loop.Trainer.build(cfg, str(tmp_path), one_device_mesh())
+
+
+def test_invalid_config_creates_no_run_directory(tmp_path):
+  """The old loop made the run directory before it built (and validated) anything."""
+  cfg = tiny_cfg()
+  cfg.model.vocab_size = 300  # found when the data tokenizer is built
+  with pytest.raises(ValueError, match="model.vocab_size"):
+    loop.train(cfg, str(tmp_path / "run"), mesh=one_device_mesh())
+  cfg = tiny_cfg(seq_len=0)
+  with pytest.raises(ValueError, match="train.seq_len"):
+    loop.train(cfg, str(tmp_path / "run"), mesh=one_device_mesh())
+  assert not (tmp_path / "run").exists()
+
+
+def test_bad_variant_value_names_the_variant_key():
+  with pytest.raises(ValueError, match=r"configs/tiny.py: variant block_size must be an "
+                     r"integer, got 'abc'"):
+    tiny.get_config("block_size=abc")
+  with pytest.raises(ValueError, match=r"variant size must be one of \('base', 'demo'\)"):
+    tasks_config.get_config("size=huge")
 
 
 def test_unknown_key_is_rejected():
