@@ -25,6 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 
 ROLES = ("system", "user", "assistant", "tool")
+# End-of-turn markers of common chat formats (ChatML/Qwen, Llama 3, Gemma, Phi-3, Llama 4).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|eot|>")
 
 
 def _jinja():
@@ -139,9 +141,23 @@ def sft_example(template: ChatTemplate, tokenizer, messages: Sequence[dict],
   return ids, mask
 
 
-def read_sft_jsonl(path: str) -> list[list[dict]]:
-  """Every conversation of a JSONL file; errors name ``file:line``."""
-  conversations = []
+def plain_example(tokenizer, messages: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+  """(ids, answer mask) without a chat template: ``prompt + response + EOS``.
+
+  The prompt is the earlier messages' text joined by newlines; the answer (masked True) is the
+  last message's text and the EOS that ends it, so the model learns where to stop.
+  """
+  prompt_ids = tokenizer.encode("\n".join(m["content"] for m in messages[:-1]))
+  answer_ids = list(tokenizer.encode(messages[-1]["content"])) + [tokenizer.eos_id]
+  ids = np.asarray(list(prompt_ids) + answer_ids, np.int32)
+  mask = np.zeros(len(ids), bool)
+  mask[len(prompt_ids):] = True
+  return ids, mask
+
+
+def read_sft_records(path: str) -> list[tuple[str, list[dict]]]:
+  """``(file:line, conversation)`` of every record of a JSONL file; errors name ``file:line``."""
+  records = []
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
@@ -151,7 +167,63 @@ def read_sft_jsonl(path: str) -> list[list[dict]]:
         item = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{where}: not JSON ({e.msg})") from None
-      conversations.append(sft_messages(item, where))
-  if not conversations:
+      records.append((where, sft_messages(item, where)))
+  if not records:
     raise ValueError(f"{path}: no conversations")
-  return conversations
+  return records
+
+
+def read_sft_jsonl(path: str) -> list[list[dict]]:
+  """Every conversation of a JSONL file; errors name ``file:line``."""
+  return [messages for _, messages in read_sft_records(path)]
+
+
+def tokenizer_config_path(tokenizer_path: str) -> str:
+  """The ``tokenizer_config.json`` beside a ``tokenizer.json``."""
+  return os.path.join(os.path.dirname(os.path.abspath(tokenizer_path)), "tokenizer_config.json")
+
+
+def template_for_tokenizer(tokenizer_path: str, required: bool = False) -> ChatTemplate | None:
+  """The chat template beside ``data.tokenizer``; None for "bytes" or a tokenizer without one.
+
+  ``required``: a missing file or template is a ValueError naming the path instead.
+  """
+  path = "" if tokenizer_path == "bytes" else tokenizer_config_path(tokenizer_path)
+  if not path or not os.path.isfile(path):
+    if required:
+      where = f"there is no {path}" if path else "the byte tokenizer has none"
+      raise ValueError(f"chat mode needs a chat template from the tokenizer_config.json beside "
+                       f"data.tokenizer={tokenizer_path!r}: {where}")
+    return None
+  try:
+    return ChatTemplate.from_tokenizer_config(path)
+  except ValueError:
+    if required:
+      raise
+    return None
+
+
+def _generation_eos_ids(directory: str) -> list[int]:
+  """``eos_token_id`` (an int or a list) of the generation_config.json in ``directory``."""
+  path = os.path.join(directory, "generation_config.json")
+  if not os.path.isfile(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    ids = json.load(f).get("eos_token_id")
+  ids = [ids] if isinstance(ids, int) else (ids or [])
+  return [i for i in ids if isinstance(i, int)]
+
+
+def end_of_turn_ids(template: ChatTemplate, tokenizer, tokenizer_path: str) -> tuple[int, ...]:
+  """Token ids that end an assistant turn, besides the tokenizer's EOS.
+
+  What the checkpoint names: its tokenizer config's ``eos_token`` and generation config's
+  ``eos_token_id`` (Qwen2.5-Instruct: ``<|im_end|>``; Llama-3-Instruct: ``<|eot_id|>``), and
+  the known end-of-turn markers its chat template writes, each when it is one token.
+  """
+  names = [m for m in END_OF_TURN_TOKENS if m in template.source]
+  names += [template.special_tokens.get("eos_token") or ""]
+  encoded = [tokenizer.encode(n) for n in names if n]
+  ids = [int(e[0]) for e in encoded if len(e) == 1]  # a marker split into pieces cannot stop
+  ids += _generation_eos_ids(os.path.dirname(os.path.abspath(tokenizer_path)))
+  return tuple(sorted(set(ids) - {tokenizer.eos_id}))

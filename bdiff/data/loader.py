@@ -14,6 +14,9 @@ import tensorstore as ts
 
 Batch = dict[str, np.ndarray]
 
+# Per-token roles of one-example-per-row SFT data (``TokenLoader(roles=...)``).
+ROLE_PROMPT, ROLE_ANSWER, ROLE_PADDING = 0, 1, 2
+
 
 def segment_ids_and_positions(tokens: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
   """Segment ids (+1 after each EOS, from 0) and positions within each segment [rows, len].
@@ -58,6 +61,15 @@ def answer_span_mask(tokens: np.ndarray, sep_id: int, eos_id: int) -> np.ndarray
   return after & (eos_before == 0)
 
 
+def _check_roles(roles, num_tokens: int, row_aligned: bool) -> np.ndarray:
+  roles = np.asarray(roles)
+  if roles.shape != (num_tokens,) or not row_aligned:
+    raise ValueError(f"roles must be a 1-D array as long as the source ({num_tokens} tokens) "
+                     f"with row_aligned=True, got shape {list(roles.shape)}, row_aligned="
+                     f"{row_aligned}")
+  return roles.astype(np.int8, copy=False)
+
+
 class TokenLoader:
   """Batches of packed windows over a flat token array.
 
@@ -75,12 +87,16 @@ class TokenLoader:
       answer tokens after this separator are noised and supervised; and ``answer`` (see
       :func:`answer_span_mask`): the answer without its padding, for reporting; needs
       ``row_aligned``.
+    roles: instead of a separator, a per-token role array parallel to ``source``
+      (``ROLE_PROMPT``, ``ROLE_ANSWER``, ``ROLE_PADDING``), for chat SFT rows whose answer
+      start no single token marks: ``eligible`` is answer and padding, ``answer`` the answer;
+      needs ``row_aligned``.
   """
 
   def __init__(self, source: np.ndarray | ts.TensorStore, seq_len: int, global_batch: int,
                seed: int, *, eos_id: int, process_index: int = 0, process_count: int = 1,
                row_aligned: bool = False,
-               answer_sep_id: int | None = None):
+               answer_sep_id: int | None = None, roles: np.ndarray | None = None):
     if isinstance(source, ts.TensorStore):
       if source.rank != 1:
         raise ValueError(f"source must be 1-D, got rank {source.rank}")
@@ -111,6 +127,7 @@ class TokenLoader:
       raise ValueError(f"row_aligned: num_tokens={self.num_tokens} is not a multiple of "
                        f"seq_len={seq_len}")
     self.row_aligned, self.answer_sep_id = row_aligned, answer_sep_id
+    self.roles = None if roles is None else _check_roles(roles, self.num_tokens, row_aligned)
     self.process_index, self.process_count = process_index, process_count
     self.local_batch = global_batch // process_count
 
@@ -145,6 +162,10 @@ class TokenLoader:
     if self.answer_sep_id is not None:
       batch["eligible"] = answer_mask(tokens, self.answer_sep_id)
       batch["answer"] = answer_span_mask(tokens, self.answer_sep_id, self.eos_id)
+    if self.roles is not None:
+      roles = self.roles[starts[:, None] + np.arange(self.seq_len)]
+      batch["eligible"] = roles != ROLE_PROMPT
+      batch["answer"] = roles == ROLE_ANSWER
     return batch
 
   def batch(self, step: int) -> Batch:

@@ -13,12 +13,13 @@ import ml_collections
 import numpy as np
 
 from bdiff.data import corpora
+from bdiff.data import sft as sft_lib
 from bdiff.data import store
 from bdiff.data import tasks as tasks_lib
 from bdiff.data.loader import TokenLoader
 from bdiff.data.tokenizers import Tokenizer, get_tokenizer
 
-SOURCES = ("stdlib", "tasks", "tensorstore", "text")
+SOURCES = ("stdlib", "tasks", "tensorstore", "text", "sft")
 # Task validation examples come from a seed far from any training seed a sweep would use.
 _VALID_SEED_OFFSET = 1_000_003
 Config = ml_collections.ConfigDict
@@ -37,15 +38,15 @@ class DataBundle:
 def default_data_config() -> ml_collections.ConfigDict:
   """The `data` config section with its defaults."""
   return ml_collections.ConfigDict({
-      "source": "stdlib",          # stdlib | tasks | tensorstore | text
-      "path": "",                  # tensorstore: prepared dir; text: file or glob
+      "source": "stdlib",          # stdlib | tasks | tensorstore | text | sft
+      "path": "",                  # tensorstore: prepared dir; text: file or glob; sft: JSONL
       "tokenizer": "bytes",        # "bytes" or a path to tokenizer.json
       "tasks": "copy,reverse,sort",  # source=tasks: comma-separated names (or a list)
       "num_task_examples": 2000,   # source=tasks: training examples per task
       "max_docs": 0,               # stdlib/text: documents per split (0 = all)
       "valid_fraction": 0.02,      # held-out share (files, tokens or task examples)
       "text_field": "text",        # source=text: jsonl field holding the text
-      "answer_only": False,        # source=tasks: SFT rows (one example, EOS-padded), answers only
+      "answer_only": False,        # tasks/sft: SFT rows (one example, EOS-padded), answers only
   })
 
 
@@ -75,8 +76,12 @@ def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
          f"data.valid_fraction must be in (0, 1), got {cfg.valid_fraction}")
   _check(isinstance(cfg.max_docs, int) and cfg.max_docs >= 0,
          f"data.max_docs must be an int >= 0, got {cfg.max_docs!r}")
-  if cfg.source in ("tensorstore", "text"):
+  if cfg.source in ("tensorstore", "text", "sft"):
     _check(bool(cfg.path), f"data.path is required for data.source={cfg.source!r}")
+  if cfg.source == "sft":
+    _check(os.path.isfile(cfg.path), f"data.path {cfg.path!r} is not a file (data.source='sft' "
+           "reads a JSONL file of messages or prompt/response records)")
+    _check(cfg.answer_only, "data.source='sft' trains on answers only: set data.answer_only=True")
   if cfg.source == "tensorstore":
     _check(os.path.isfile(os.path.join(cfg.path, store.METADATA_FILE)),
            f"data.path {cfg.path!r} is not a prepared token directory (run `bdiff prepare`)")
@@ -88,9 +93,9 @@ def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
            f"{sorted(tasks_lib.TASKS)}")
     _check(isinstance(cfg.num_task_examples, int) and cfg.num_task_examples > 0,
            f"data.num_task_examples must be a positive int, got {cfg.num_task_examples!r}")
-  _check(not cfg.answer_only or cfg.source == "tasks",
-         f"data.answer_only needs data.source='tasks' (answers follow "
-         f"{tasks_lib.ANSWER_SEPARATOR!r}), got source {cfg.source!r}")
+  _check(not cfg.answer_only or cfg.source in ("tasks", "sft"),
+         f"data.answer_only needs data.source 'tasks' (answers follow "
+         f"{tasks_lib.ANSWER_SEPARATOR!r}) or 'sft', got source {cfg.source!r}")
 
 
 def _split_tail(tokens: Any, valid_fraction: float) -> tuple[Any, Any]:
@@ -179,17 +184,22 @@ def build_data(data_cfg: ml_collections.ConfigDict, seq_len: int, global_batch: 
   if process_index is None or process_count is None:
     process_index, process_count = jax.process_index(), jax.process_count()
   tok = get_tokenizer(data_cfg.tokenizer)
+  roles = {"train": None, "valid": None}
   if data_cfg.source == "stdlib":
     train, valid, info = _stdlib_tokens(data_cfg, tok)
   elif data_cfg.source == "tasks":
     train, valid, info = _task_tokens(data_cfg, tok, seed, seq_len)
   elif data_cfg.source == "text":
     train, valid, info = _text_tokens(data_cfg, tok)
+  elif data_cfg.source == "sft":
+    (train, roles["train"]), (valid, roles["valid"]), info = sft_lib.sft_splits(
+        data_cfg.path, data_cfg.tokenizer, tok, seq_len, data_cfg.valid_fraction)
   else:
     train, valid, info = _tensorstore_tokens(data_cfg, tok)
+  by_separator = data_cfg.answer_only and data_cfg.source == "tasks"
   kw = dict(eos_id=tok.eos_id, process_index=process_index, process_count=process_count,
             row_aligned=data_cfg.answer_only,
-            answer_sep_id=_answer_separator(tok) if data_cfg.answer_only else None)
+            answer_sep_id=_answer_separator(tok) if by_separator else None)
   # Only what decides the token streams enters, so unused config keys do not perturb it.
   record = {"source": data_cfg.source, "tokenizer": tok.name, "vocab_size": tok.vocab_size,
             "valid_fraction": data_cfg.valid_fraction, "content": info}
@@ -199,6 +209,8 @@ def build_data(data_cfg: ml_collections.ConfigDict, seq_len: int, global_batch: 
            f"data: the {split} split holds {tokens.shape[0]} tokens, fewer than seq_len="
            f"{seq_len}; raise data.max_docs, data.valid_fraction or data.num_task_examples")
   return DataBundle(tokenizer=tok,
-                    train=TokenLoader(train, seq_len, global_batch, seed, **kw),
-                    valid=TokenLoader(valid, seq_len, global_batch, seed, **kw),
+                    train=TokenLoader(train, seq_len, global_batch, seed, roles=roles["train"],
+                                      **kw),
+                    valid=TokenLoader(valid, seq_len, global_batch, seed, roles=roles["valid"],
+                                      **kw),
                     fingerprint=fingerprint)

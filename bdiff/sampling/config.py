@@ -74,7 +74,8 @@ def strategy_config(cfg, block_size: int) -> strategies_lib.StrategyConfig:
 def training_prompt_prefix(cfg) -> str:
   """What the run's training rows hold right before a document's first token.
 
-  * task rows in the SFT layout (``data.answer_only``) start with the prompt: ``"none"``;
+  * rows in the SFT layout (``data.answer_only``: tasks or SFT records) start with the
+    prompt: ``"none"``;
   * packed windows separate documents with EOS (``bdiff.data`` appends one to every
     document), which the next document sees: ``"eos"``; unless ``train.mask_segments`` hides
     it (the EOS belongs to the segment it ends), when a document starts from nothing:
@@ -82,7 +83,7 @@ def training_prompt_prefix(cfg) -> str:
 
   BOS never occurs in bdiff's training data, so ``"bos"`` is only ever an explicit choice.
   """
-  if cfg.data.source == "tasks" and cfg.data.answer_only:
+  if cfg.data.answer_only:
     return "none"
   return "none" if cfg.train.mask_segments else "eos"
 
