@@ -65,6 +65,14 @@ def test_cli_train_in_a_locked_workdir_is_a_one_line_error(capsys, holder):
   assert f"in use by another training (pid {proc.pid}" in one_line_error(err)
 
 
+def test_cli_validation_failure_leaves_no_run_directory(capsys, tmp_path):
+  """The vocabulary check needs the data tokenizer; the old loop had made the directory."""
+  code, _, err = call(capsys, "train", "--config", TINY, "--workdir", tmp_path / "run",
+                      "--config.model.vocab_size=300")
+  assert code == 1 and "model.vocab_size=300" in one_line_error(err)
+  assert not (tmp_path / "run").exists()
+
+
 def test_the_lock_is_held_for_the_whole_run_and_released_on_an_exception(tmp_path):
   workdir = str(tmp_path / "run")
   seen = []

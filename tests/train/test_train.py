@@ -1,6 +1,9 @@
 """Training: sharding equivalence, exact resume, NaN detection, early config errors."""
 import json
 import os
+import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -106,6 +109,26 @@ def test_nan_is_detected_and_names_the_step_as_metrics_number_it(tmp_path, monke
     loop.train(cfg, str(tmp_path / "run"), mesh=mesh)
   assert [s for s, _ in _losses(tmp_path / "run")] == [1, 2, 3, 4]
   assert closed == [True]  # tensorboardX is installed: its writer was open, and was closed
+
+
+def test_cli_nan_stop_ends_with_the_error_in_metrics_numbering(tmp_path):
+  """A real `bdiff train` that diverges (lr 1e30): exit 1, and the last line on stderr is the
+  error, naming the step after the last metrics.jsonl row (the old message said one less)."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "bdiff.cli", "train", "--config", "configs/tiny.py",
+       f"--workdir={workdir}", "--config.optim.lr=1e30", "--config.train.steps=6",
+       "--config.train.log_every=1", "--config.train.eval_batches=1"],
+      cwd=root, env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"),
+      capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  match = re.fullmatch(r"bdiff: error: non-finite loss or gradient at step (\d+) .*; stopping",
+                       last)
+  assert match, proc.stderr[-3000:]
+  logged = [s for s, _ in _losses(workdir)]
+  assert logged == list(range(1, int(match.group(1))))
 
 
 @pytest.mark.parametrize("key,value,match", [
