@@ -4,6 +4,9 @@ Metrics go to ``WORKDIR/metrics.jsonl`` (one JSON object per logged step) and Te
 event files under ``WORKDIR/tb``. A run restarted in the same workdir resumes from the latest
 checkpoint and continues exactly: same batches (pure function of (seed, step)), same noise
 (``fold_in(seed, step)``), and metrics past the checkpoint are rewritten, not duplicated.
+One training at a time holds the workdir, and a resume keeps the run's config unless a change
+is allowed (``bdiff.train.rundir``). Reported steps are numbered from 1: "step N" is the
+N-th update, the row ``"step": N`` of metrics.jsonl and the checkpoint saved after it.
 """
 from __future__ import annotations
 
