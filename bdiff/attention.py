@@ -145,8 +145,8 @@ def pallas_attention(q, k, v, mask, *, segment_ids=None, scale=None, backend=Non
   """Block-sparse Pallas kernels; the mask must be a static mask object.
 
   Runtime (per-row) structure goes through ``segment_ids``, which the kernels compare per
-  tile. ``backend`` picks the kernel ("tpu", "tpu_interpret", "reference"); None = by
-  platform.
+  tile. ``backend`` picks the kernel ("tpu", "tpu_interpret", "gpu", "gpu_interpret",
+  "reference"); None = by platform.
   """
   if not isinstance(mask, masks_lib.Mask):
     raise ValueError('impl="pallas" needs a bdiff.masks mask object (the sparsity plan is '
@@ -168,7 +168,8 @@ def attend(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=Non
     impl: "xla", "cudnn" or "pallas".
     segment_ids: optional (q_segment_ids [b, q], kv_segment_ids [b, kv]).
     scale: logit scale, default 1/sqrt(head_dim).
-    backend: impl="pallas" only: kernel backend ("tpu", "tpu_interpret", "reference");
+    backend: impl="pallas" only: kernel backend ("tpu", "tpu_interpret", "gpu",
+      "gpu_interpret", "reference");
       None picks by platform.
 
   Returns:

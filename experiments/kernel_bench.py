@@ -89,6 +89,9 @@ def kernels_for(platform: str, mask, plan, args):
     out["bdiff"] = lambda: functools.partial(api.block_sparse_attention, plan=plan,
                                              backend=backend)
   if platform == "gpu":
+    # The Mosaic GPU (Hopper) kernel; not the default backend on GPU until it has run on one.
+    out["bdiff"] = lambda: functools.partial(api.block_sparse_attention, plan=plan,
+                                             backend="gpu")
     if isinstance(mask, masks.Causal):
       out["cudnn causal"] = lambda: functools.partial(attention.cudnn_attention, mask=mask)
     out["cudnn mask"] = lambda: functools.partial(attention.cudnn_attention, mask=dense())

@@ -25,6 +25,7 @@ import ml_collections
 
 from bdiff import masks as masks_lib
 from bdiff.models import layers
+from pallas_kernels.block_sparse_attention.api import BACKENDS as PALLAS_BACKENDS
 
 REMAT_POLICIES = {
     "none": None,
@@ -66,7 +67,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       scan_layers=True,
       remat="none",            # none | full | dots
       attention_impl="xla",    # xla | cudnn | pallas
-      pallas_backend="",       # impl "pallas": "" = by platform | tpu | tpu_interpret | reference
+      pallas_backend="",       # impl "pallas": "" = by platform | one of PALLAS_BACKENDS
   ))
 
 
@@ -86,9 +87,9 @@ def validate_model_config(cfg) -> None:
   if cfg.attention_impl not in ("xla", "cudnn", "pallas"):
     raise ValueError(f"model.attention_impl must be xla, cudnn or pallas, got "
                      f"{cfg.attention_impl!r}")
-  if cfg.pallas_backend not in ("", "tpu", "tpu_interpret", "reference"):
-    raise ValueError(f"model.pallas_backend must be '', tpu, tpu_interpret or reference, got "
-                     f"{cfg.pallas_backend!r}")
+  if cfg.pallas_backend not in ("",) + PALLAS_BACKENDS:
+    raise ValueError(f"model.pallas_backend must be '' (by platform) or one of "
+                     f"{PALLAS_BACKENDS}, got {cfg.pallas_backend!r}")
   try:
     jnp.dtype(cfg.dtype)
   except TypeError as e:
