@@ -12,7 +12,10 @@ block-diffusion keys ``block_size`` and ``mask_token_id`` (an in-vocabulary ``<|
 under a block-causal mask and without token shift. Fast-dLLM v2 (NVlabs/Fast-dLLM; Wu et al.
 2025, "Fast-dLLM v2: Efficient Block-Diffusion LLM") ships Qwen2.5 weights as
 ``Fast_dLLM_QwenForCausalLM`` with ``bd_size`` and the tokenizer's ``|<MASK>|``, read under the
-same mask with token shift (position i - 1 predicts token i).
+same mask with token shift (position i - 1 predicts token i). Dream (HKUNLP/Dream; Ye et al.
+2025, "Dream 7B") ships Qwen2.5 weights as ``DreamModel`` with ``mask_token_id``, read with
+full bidirectional attention (its attention sets ``is_causal = False``) and token shift; it has
+no block size (the whole sequence is one diffusion window).
 """
 from __future__ import annotations
 
@@ -31,13 +34,14 @@ FAMILIES = {
     "Qwen3ForCausalLM": ("qwen3", False, True),
     "SDARForCausalLM": ("sdar", False, True),
     "Fast_dLLM_QwenForCausalLM": ("Fast_dLLM_Qwen", True, False),
+    "DreamModel": ("Dream", True, False),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockFamily:
   """How a block-diffusion family writes its block size and mask, and how it decodes."""
-  block_key: str      # config.json key of the block size
+  block_key: str | None  # config.json key of the block size; None: no blocks (bidirectional)
   mask_token: str     # the tokenizer's mask token, when config.json has no mask_token_id
   token_shift: bool
   sample: tuple       # (key, value) overrides of the sample section: the reference decoding
@@ -53,6 +57,8 @@ BLOCK_FAMILIES = {
     "Fast_dLLM_Qwen": BlockFamily("bd_size", "|<MASK>|", True,
                                   (("strategy", "fast_dllm_v2"), ("threshold", 0.9),
                                    ("first_token_from_commit", True)), sub_block=8),
+    # Dream's diffusion_generate decodes the whole sequence at once (entropy-ordered).
+    "Dream": BlockFamily(None, "<|mask|>", True, (("strategy", "dream"),)),
 }
 ROPE_TYPES = ("default", "llama3")
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
@@ -146,10 +152,11 @@ def model_config_from_hf(hf: dict, tokenizer_mask_id: int | None = None
       mlp_dim=int(hf["intermediate_size"]), rope_theta=theta,
       norm_eps=float(hf.get("rms_norm_eps", 1e-6)), qk_norm=qk_norm, qkv_bias=qkv_bias,
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)), tied_logit_scale=False,
-      mask_token_id=-1, vocab_from_tokenizer=False, attention="block_causal",
+      mask_token_id=-1, vocab_from_tokenizer=False,
       vocab_pad_multiple=128,  # [MASK] makes the table odd; keep it splittable over tensor
       dtype="bfloat16" if dtype == "bfloat16" else "float32")
   cfg.rope_scaling.update(scaling)
+  cfg.attention = attention_regime(hf)
   if name in BLOCK_FAMILIES:
     cfg.mask_token_id = _block_key({"mask_token_id": tokenizer_mask_id, **hf}, "mask_token_id",
                                    cfg.vocab_size)
@@ -169,7 +176,15 @@ def block_size(hf: dict) -> int:
   name = family(hf)
   if name not in BLOCK_FAMILIES:
     return 1
-  return _block_key(hf, BLOCK_FAMILIES[name].block_key, 1 << 20) or 1
+  key = BLOCK_FAMILIES[name].block_key
+  return 0 if key is None else _block_key(hf, key, 1 << 20) or 1
+
+
+def attention_regime(hf: dict) -> str:
+  """block_causal (AR and block-diffusion families) or bidirectional (no block size: Dream)."""
+  name = family(hf)
+  blockless = name in BLOCK_FAMILIES and BLOCK_FAMILIES[name].block_key is None
+  return "bidirectional" if blockless else "block_causal"
 
 
 def hf_config_from_model(model_cfg, base: dict | None, dtype: str, block: int = 1) -> dict:
@@ -192,13 +207,19 @@ def hf_config_from_model(model_cfg, base: dict | None, dtype: str, block: int = 
              rope_theta=model_cfg.rope_theta,
              rope_scaling=_rope_scaling_out(model_cfg.rope_scaling), torch_dtype=dtype)
   if FAMILIES[arch][0] in BLOCK_FAMILIES:
-    out.update({BLOCK_FAMILIES[FAMILIES[arch][0]].block_key: block,
-                "mask_token_id": model_cfg.mask_token_id})
+    key = BLOCK_FAMILIES[FAMILIES[arch][0]].block_key
+    out.update({key: block} if key else {})
+    out["mask_token_id"] = model_cfg.mask_token_id
   out.pop("dtype", None)
   return out
 
 
 def _architecture(model_cfg) -> str:
+  if model_cfg.attention == "bidirectional":
+    if model_cfg.mask_token_id < 0 or not model_cfg.qkv_bias or model_cfg.qk_norm:
+      raise ValueError("a bidirectional model (model.attention) exports as Dream, which needs "
+                       "its own mask token, model.qkv_bias=True and model.qk_norm=False")
+    return "DreamModel"
   if model_cfg.mask_token_id >= 0:
     arch = {(False, True): "SDARForCausalLM", (True, False): "Fast_dLLM_QwenForCausalLM"}.get(
         (model_cfg.qkv_bias, model_cfg.qk_norm))

@@ -90,7 +90,8 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
       cfg.model[key] = value
   cfg.data.tokenizer = os.path.abspath(tokenizer)
   block_family = families.BLOCK_FAMILIES.get(families.family(hf))
-  cfg.diffusion.block_size = families.block_size(hf)
+  # No block size (Dream): one block spans the whole training window.
+  cfg.diffusion.block_size = families.block_size(hf) or cfg.train.seq_len
   cfg.diffusion.token_shift = block_family is None or block_family.token_shift
   cfg.sample.update(dict(block_family.sample) if block_family else {"strategy": "ar"})
   if block_family and block_family.sub_block:

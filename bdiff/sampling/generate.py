@@ -91,6 +91,11 @@ class SamplerConfig:
     ``bdiff.config.validate`` and ``bdiff.runs.Sampler``); this only converts.
     """
     s, d = cfg.sample, cfg.diffusion
+    if cfg.model.get("attention", "block_causal") != "block_causal":
+      raise ValueError(
+          f"model.attention={cfg.model.attention!r}: the sampler decodes block-causally (KV "
+          "cache of finished blocks), not the checkpoint's own bidirectional regime; set "
+          "--config.model.attention=block_causal to decode it that way anyway")
     block = d.block_size
     stop = (eos_id,) if (s.stop_at_eos and eos_id is not None) else ()
     return cls(model=ml_collections.FrozenConfigDict(cfg.model),

@@ -1,6 +1,7 @@
-"""Block-diffusion checkpoints: SDAR (Qwen3 weights, in-vocabulary <|MASK|>, block_size) and
+"""Diffusion checkpoints: SDAR (Qwen3 weights, in-vocabulary <|MASK|>, block_size) and
 Fast-dLLM v2 (Qwen2.5 weights, |<MASK>| added to the tokenizer, bd_size, token shift), read
-under the block-causal mask of their own decoders (goldens from scripts/make_hf_fixtures.py)."""
+under the block-causal mask of their own decoders, and Dream (Qwen2.5 weights, mask_token_id,
+bidirectional attention); goldens from scripts/make_hf_fixtures.py."""
 import json
 import os
 
@@ -127,3 +128,35 @@ def test_sdar_sequential_decode_equals_its_reference(converted, row):
   cfg.sample.update(strategy="sequential", max_new_tokens=len(want), stop_at_eos=False)
   out, _ = runs.Sampler(cfg, params, tok).generate_batch([prompt], [0], batch_size=1, width=8)
   np.testing.assert_array_equal(out["tokens"][0, :len(want)], want)
+
+
+def test_dream_is_bidirectional_with_its_mask_token(converted):
+  """Dream: Qwen2.5 weights, its mask_token_id, full attention over the sequence (its own
+  regime, recorded as model.attention) and token shift; logits equal the reference."""
+  cfg = convert.hf_config(fixture_dir("dream"))
+  assert (cfg.model.attention, cfg.model.mask_token_id, cfg.model.qkv_bias) == (
+      "bidirectional", 3, True)
+  assert cfg.diffusion.token_shift and cfg.diffusion.block_size == cfg.train.seq_len
+  g = golden("dream")
+  assert int(g["block_size"]) == 0 and (g["input_ids"] == 3).any()
+  cfg, params, _ = runs.restore_params(converted("dream"))
+  positions = np.broadcast_to(np.arange(12, dtype=np.int32), g["input_ids"].shape)
+  logits = make_model(cfg.model).apply({"params": params}, g["input_ids"], positions, None)
+  np.testing.assert_allclose(np.asarray(logits), g["logits"], rtol=RTOL, atol=ATOL)
+
+
+def test_dream_export_and_sampler_refusal(converted, tmp_path):
+  out = str(tmp_path / "export")
+  convert.export_to_hf(converted("dream"), out)
+  with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+    hf = json.load(f)
+  assert (hf["architectures"], hf["model_type"], hf["mask_token_id"]) == (["DreamModel"],
+                                                                          "Dream", 3)
+  assert "block_size" not in hf and "bd_size" not in hf
+  original, exported = hf_tensors_on_disk(fixture_dir("dream")), hf_tensors_on_disk(out)
+  assert sorted(exported) == sorted(original)
+  for name, value in original.items():
+    np.testing.assert_array_equal(exported[name].view(np.uint32), value.view(np.uint32),
+                                  err_msg=name)
+  with pytest.raises(ValueError, match="model.attention='bidirectional'"):
+    runs.Sampler.from_run(converted("dream"))
