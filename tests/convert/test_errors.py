@@ -105,3 +105,8 @@ def test_shard_missing_from_index(tmp_path):
   os.remove(os.path.join(hf_dir, "model-00002-of-00002.safetensors"))
   with pytest.raises(ValueError, match="model-00002-of-00002.safetensors"):
     convert_into(hf_dir, tmp_path)
+
+
+def test_existing_run_is_not_overwritten(converted, tmp_path):
+  with pytest.raises(ValueError, match="already holds a checkpoint"):
+    convert.convert_from_hf(fixture_dir("qwen3"), converted("qwen3"), progress=False)
