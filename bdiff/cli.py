@@ -214,6 +214,7 @@ def cmd_train(args, overrides) -> None:
 
 def cmd_sample(args, overrides) -> None:
   cfg = _run_config(args, overrides)
+  cfg.sample.chat = cfg.sample.chat or args.chat
   _existing_file(args.prompts, "--prompts")
   runs.sample_file(cfg, args.workdir, args.prompts, output_file(args.out, "--out"))
 
@@ -313,7 +314,10 @@ def _add_commands(sub) -> None:
       "--config.sample.strategy=threshold",
       workdir=_RUN, prompts=dict(required=True, help='JSONL file, one {"prompt": "text"} per '
                                  "line (checked before the model loads)"),
-      out=dict(required=True, help="output JSONL, one record per prompt (directory created)"))
+      out=dict(required=True, help="output JSONL, one record per prompt (directory created)"),
+      chat=dict(action="store_true", help="render each prompt with the tokenizer's chat template "
+                "and stop at its end-of-turn tokens (= --config.sample.chat=True); a line may "
+                'then also be {"messages": [...]}'))
   _add_command(
       sub, "eval", "score the synthetic task suite (accuracy, tokens per forward)",
       "bdiff eval --workdir runs/tasks --tasks copy,reverse", workdir=_RUN,

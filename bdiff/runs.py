@@ -12,6 +12,11 @@ last or only batch is padded to a power of two, not to ``sample.batch_size``), k
 prompt's RNG by its index in the input (a prompt's output does not depend on how the input is
 batched), splits batches over the mesh's data axes when they divide evenly, and times each
 batch with compilation excluded (compile time is recorded apart).
+
+Chat mode (``sample.chat``, ``bdiff sample --chat``) renders each prompt with the checkpoint's
+own chat template (a text as one user turn, or a list of messages) with the generation prompt,
+as ``transformers``' ``apply_chat_template`` does, and also stops at the template's end-of-turn
+tokens (:func:`bdiff.data.chat.end_of_turn_ids`).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import tqdm
 from bdiff import config as config_lib
 from bdiff import data as data_lib
 from bdiff import sharding as sharding_lib
+from bdiff.data import chat as chat_lib
 from bdiff.sampling import config as sample_config
 from bdiff.sampling import generate as gen
 from bdiff.train import checkpointing
@@ -83,10 +89,33 @@ class Sampler:
   def __post_init__(self):
     sample_config.validate_run_sample_config(self.cfg)
     self.config = gen.SamplerConfig.from_config(self.cfg, eos_id=self.tokenizer.eos_id)
+    self.template = None
+    if self.cfg.sample.chat:
+      self._use_chat_template()
     self.prompt_prefix = sample_config.prompt_prefix(self.cfg)
     self.max_prompt_len = sample_config.prompt_limit(self.cfg)
     self._compiled: dict[tuple[int, int], Any] = {}
     self._mesh = sharding_lib.make_mesh(self.cfg.mesh) if self.use_mesh else None
+
+  def _use_chat_template(self) -> None:
+    """Load the run's chat template (an error names the file) and stop at its turn ends."""
+    path = self.cfg.data.tokenizer
+    self.template = chat_lib.template_for_tokenizer(path, required=True)
+    if self.config.stop_ids:  # sample.stop_at_eos
+      ends = chat_lib.end_of_turn_ids(self.template, self.tokenizer, path)
+      self.config = dataclasses.replace(
+          self.config, stop_ids=tuple(dict.fromkeys(self.config.stop_ids + ends)))
+
+  def prompt_text(self, prompt: str | Sequence[dict]) -> str:
+    """What is encoded for ``prompt``: in chat mode the rendered conversation (a text is one
+    user message) with the generation prompt; otherwise the text itself."""
+    if self.template is None:
+      if not isinstance(prompt, str):
+        raise ValueError("a prompt given as messages needs chat mode (sample.chat=True, "
+                         "bdiff sample --chat)")
+      return prompt
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return self.template.render(messages, add_generation_prompt=True)
 
   @classmethod
   def from_run(cls, workdir: str, cfg=None) -> Sampler:
@@ -110,7 +139,7 @@ class Sampler:
     """``(tokens within the limit, untruncated length)``."""
     prefix = {"none": [], "bos": [self.tokenizer.bos_id],
               "eos": [self.tokenizer.eos_id]}[self.prompt_prefix]
-    ids = np.asarray(prefix + list(self.tokenizer.encode(text)), np.int32)
+    ids = np.asarray(prefix + list(self.tokenizer.encode(self.prompt_text(text))), np.int32)
     if not len(ids):
       raise ValueError(f"empty prompt: the run's prompt layout has no prefix token "
                        f"(sample.prompt_prefix={self.cfg.sample.prompt_prefix!r} -> "
@@ -167,7 +196,7 @@ class Sampler:
     return {k: np.asarray(v)[:n] if np.ndim(v) else np.asarray(v) for k, v in out.items()}, \
         seconds
 
-  def sample(self, texts: Sequence[str], *, batch_size: int | None = None,
+  def sample(self, texts: Sequence[str | Sequence[dict]], *, batch_size: int | None = None,
              first_id: int = 0, progress: bool = False) -> list[dict]:
     """Sample every prompt; returns one record per prompt, in order.
 
@@ -202,8 +231,16 @@ class Sampler:
                 tokens_per_forward=float(out["tokens_per_forward"][i]), seconds=seconds)
 
 
-def read_prompts(path: str) -> list[str]:
-  """Prompts of a JSONL file with a ``"prompt"`` string per line (blank lines skipped)."""
+def _chat_prompt(item, where: str) -> list[dict]:
+  chat_lib.check_messages(item["messages"], f"{where}: messages")
+  return item["messages"]
+
+
+def read_prompts(path: str, chat: bool = False) -> list:
+  """Prompts of a JSONL file with a ``"prompt"`` string per line (blank lines skipped).
+
+  ``chat``: a line may also hold ``{"messages": [...]}``, a conversation to continue.
+  """
   prompts = []
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
@@ -214,15 +251,23 @@ def read_prompts(path: str) -> list[str]:
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno}); "
                          "expected an object with a 'prompt' string") from None
+      if chat and isinstance(item, dict) and "messages" in item:
+        prompts.append(_chat_prompt(item, f"{path}:{lineno}"))
+        continue
       if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-        raise ValueError(f"{path}:{lineno}: expected an object with a 'prompt' string")
+        expected = "a 'prompt' string" + (" or a 'messages' list" if chat else "")
+        raise ValueError(f"{path}:{lineno}: expected an object with {expected}")
       prompts.append(item["prompt"])
   return prompts
 
 
 def sample_file(cfg, workdir: str, prompts_path: str, out_path: str) -> list[dict]:
   """``bdiff sample``: one JSON object per prompt of ``prompts_path``, in order, to ``out_path``."""
-  prompts = read_prompts(prompts_path)  # a bad file fails before the model is restored
+  # a bad file (or, in chat mode, a missing template) fails before the model is restored
+  chat = bool(cfg is not None and cfg.sample.chat)
+  prompts = read_prompts(prompts_path, chat=chat)
+  if chat:
+    chat_lib.template_for_tokenizer(cfg.data.tokenizer, required=True)
   sampler = Sampler.from_run(workdir, cfg)
   records = sampler.sample(prompts, progress=True)
   with open(out_path, "w", encoding="utf-8") as f:

@@ -42,6 +42,8 @@ _LOOP_DEFAULTS = dict(
                              # blocks, at least one): memory grows linearly with the prompt
     seed=0,
     batch_size=16,
+    chat=False,              # render each prompt with the tokenizer's chat template (as one
+                             # user turn + generation prompt) and stop at its end-of-turn tokens
 )
 
 
@@ -89,9 +91,15 @@ def training_prompt_prefix(cfg) -> str:
 
 
 def prompt_prefix(cfg) -> str:
-  """``sample.prompt_prefix`` of a full config, ``"auto"`` resolved from the training layout."""
+  """``sample.prompt_prefix`` of a full config, ``"auto"`` resolved from the training layout.
+
+  In chat mode ``"auto"`` is ``"none"``: the chat template writes the tokens a conversation
+  starts with itself (Llama 3's ``{{ bos_token }}``), as ``apply_chat_template`` does.
+  """
   prefix = cfg.sample.prompt_prefix
-  return training_prompt_prefix(cfg) if prefix == "auto" else prefix
+  if prefix == "auto":
+    return "none" if cfg.sample.chat else training_prompt_prefix(cfg)
+  return prefix
 
 
 def prompt_limit(cfg) -> int:
@@ -114,6 +122,9 @@ def _check_loop(cfg) -> None:
   for key in ("steps", "max_prompt_len", "block_size"):
     if not isinstance(cfg[key], int) or cfg[key] < 0:
       raise ValueError(f"sample.{key} must be an integer >= 0, got {cfg[key]!r}")
+  for key in ("use_cache", "stop_at_eos", "chat"):
+    if not isinstance(cfg[key], bool):
+      raise ValueError(f"sample.{key} must be a bool, got {cfg[key]!r}")
   if cfg.commit not in COMMIT_MODES:
     raise ValueError(f"sample.commit must be one of {COMMIT_MODES}, got {cfg.commit!r}")
   if cfg.prompt_prefix not in PROMPT_PREFIXES:
