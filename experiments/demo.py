@@ -129,7 +129,7 @@ def show_samples(cfg, params, tokenizer, label: str, overrides: dict) -> None:
   sampler = bdiff.Sampler(strategy_config(cfg, overrides), params, tokenizer, use_mesh=False)
   examples = [(get_task(name), ex) for name in task_names(cfg.eval.tasks)
               for ex in make_examples(get_task(name), 3, seed=cfg.eval.seed + 1)]
-  print(f"== samples ({label}):")
+  print(f"== samples, {label}:")
   records = sampler.sample([ex.prompt for _, ex in examples])
   for (task, ex), rec in zip(examples, records):
     mark = "ok " if task.score(ex, rec["text"], strict=True) else "err"
