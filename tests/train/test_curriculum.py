@@ -6,7 +6,7 @@ import jax
 import pytest
 
 from bdiff import config as config_lib
-from bdiff import sharding
+from bdiff import convert, runs, sharding
 from bdiff.diffusion import curriculum as dcurriculum
 from bdiff.train import curriculum, loop, step as step_lib
 from configs import tiny
@@ -96,3 +96,31 @@ def test_resume_across_a_stage_boundary_is_exact(tmp_path):
   straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "resumed")
   assert [b for _, b, _ in straight] == [1, 1, 1, 2, 2, 4, 4]
   assert resumed == straight  # floats compared exactly
+
+
+QWEN3 = os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf", "qwen3")
+
+
+def test_adapt_a_converted_chat_model_on_sft_data_with_a_curriculum(tmp_path):
+  """The adaptation recipe end to end on the tiny Qwen3 fixture: convert (an AR model, block 1),
+  fine-tune on chat SFT records while the block size grows 1 -> 2 -> 4, then sample in chat
+  mode at the curriculum's final block size."""
+  workdir = str(tmp_path / "run")
+  convert.convert_from_hf(QWEN3, workdir, progress=False)
+  records = tmp_path / "sft.jsonl"
+  records.write_text("".join(
+      json.dumps({"prompt": f"add {i} 1", "response": str(i + 1)}) + "\n" for i in range(40)))
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    cfg = config_lib.from_dict(json.load(f))
+  assert cfg.diffusion.block_size == 1
+  cfg.data.update(source="sft", path=str(records), answer_only=True, valid_fraction=0.25)
+  cfg.diffusion.update(block_size=4, block_curriculum=[[0, 1], [2, 2], [3, 4]])
+  cfg.train.update(steps=4, seq_len=32, global_batch=8, log_every=1, eval_batches=1,
+                   progress=False)
+  cfg.sample.update(strategy="threshold", max_new_tokens=8, chat=True)
+  loop.train(cfg, workdir)
+  assert [b for _, b, _ in _rows(workdir)] == [1, 1, 2, 4]
+  sampler = runs.Sampler.from_run(workdir)
+  assert sampler.config.block_size == 4 and sampler.template is not None
+  record = sampler.sample(["add 3 1"])[0]
+  assert 1 <= record["num_tokens"] <= 8
