@@ -5,6 +5,9 @@ size is a different static program: :class:`StagedTrainStep` builds the jitted s
 size the first time a step of that stage runs and reuses it afterwards (a stage boundary costs
 one compile, every later step of the stage none). The stage comes from the step number alone
 (:func:`bdiff.diffusion.curriculum.block_size_at`), so resuming mid-curriculum is exact.
+
+Held-out NELBO is always evaluated at the final block size (``diffusion.block_size``): the one
+the run is trained toward and sampled with, so evaluations across stages stay comparable.
 """
 from __future__ import annotations
 

@@ -100,3 +100,51 @@ def test_read_sft_jsonl_forms_and_errors(tmp_path):
   path.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
   with pytest.raises(ValueError, match=r"sft.jsonl:1: the last message must be the assistant"):
     chat.read_sft_jsonl(str(path))
+
+
+def test_end_of_turn_ids_from_template_and_generation_config(tmp_path):
+  t = write_config(tmp_path, LLAMA3 + "{{ '<|im_end|>' if false }}", eos_token="</s>")
+  tok = ByteTokenizer()  # no marker is one byte token: only the generation config's ids count
+  tokenizer_path = str(tmp_path / "tokenizer.json")
+  assert chat.end_of_turn_ids(t, tok, tokenizer_path) == ()
+  (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 257, 9]}))
+  assert chat.end_of_turn_ids(t, tok, tokenizer_path) == (7, 9)  # 257 is the EOS itself
+
+
+class _Vocab:
+  """A tokenizer whose special markers are single tokens (ids 300+)."""
+  eos_id = 300
+  specials = {"</s>": 300, "<|eot_id|>": 301, "<|im_end|>": 302}
+
+  def encode(self, text):
+    return [self.specials[text]] if text in self.specials else list(text.encode())
+
+
+def test_end_of_turn_ids_are_the_markers_the_template_writes(tmp_path):
+  t = write_config(tmp_path, LLAMA3, eos_token="<|eot_id|>")
+  # Llama 3 writes <|eot_id|> (also its eos_token); <|im_end|> is not in its template
+  assert chat.end_of_turn_ids(t, _Vocab(), str(tmp_path / "tokenizer.json")) == (301,)
+  t = write_config(tmp_path, CHATML)
+  assert chat.end_of_turn_ids(t, _Vocab(), str(tmp_path / "tokenizer.json")) == (302,)
+
+
+def test_template_for_tokenizer(tmp_path):
+  assert chat.template_for_tokenizer("bytes") is None
+  with pytest.raises(ValueError, match="the byte tokenizer has none"):
+    chat.template_for_tokenizer("bytes", required=True)
+  tokenizer_path = str(tmp_path / "tokenizer.json")
+  with pytest.raises(ValueError, match="there is no .*tokenizer_config.json"):
+    chat.template_for_tokenizer(tokenizer_path, required=True)
+  (tmp_path / "tokenizer_config.json").write_text("{}")
+  assert chat.template_for_tokenizer(tokenizer_path) is None
+  with pytest.raises(ValueError, match="tokenizer_config.json: no chat_template"):
+    chat.template_for_tokenizer(tokenizer_path, required=True)
+  write_config(tmp_path, CHATML)
+  assert chat.template_for_tokenizer(tokenizer_path).source == CHATML
+
+
+def test_plain_example_is_prompt_response_eos():
+  tok = ByteTokenizer()
+  msgs = [{"role": "user", "content": "ab"}, {"role": "assistant", "content": "c"}]
+  ids, mask = chat.plain_example(tok, msgs)
+  assert list(ids) == [97, 98, 99, tok.eos_id] and list(mask) == [False, False, True, True]
