@@ -2,17 +2,15 @@
 Fast-dLLM v2 (Qwen2.5 weights, |<MASK>| added to the tokenizer, bd_size, token shift), read
 under the block-causal mask of their own decoders, and Dream (Qwen2.5 weights, mask_token_id,
 bidirectional attention); goldens from scripts/make_hf_fixtures.py."""
-import json
-import os
 
 import numpy as np
 import pytest
 
 from bdiff import convert, masks, runs
 from bdiff.models import embed_rows, make_model
-from tests.convert.conftest import fixture_dir, golden
+from tests.convert.conftest import (assert_same_tensors, export_with_configs, fixture_dir,
+                                   golden)
 from tests.convert.test_hf_parity import ATOL, RTOL
-from tests.convert.test_roundtrip import hf_tensors_on_disk
 
 # family -> (mask id, q/k norm, q/k/v bias, token shift, strategy, config.json block key)
 EXPECTED = {
@@ -52,20 +50,12 @@ def test_logits_under_block_causal_mask_equal_reference(converted, family):
 @pytest.mark.parametrize("family", BLOCK_FAMILIES)
 def test_export_is_the_family_format_and_bit_exact(converted, family, tmp_path):
   out = str(tmp_path / "export")
-  convert.export_to_hf(converted(family), out)
-  with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
-    hf = json.load(f)
-  with open(os.path.join(fixture_dir(family), "config.json"), encoding="utf-8") as f:
-    original = json.load(f)
+  hf, original = export_with_configs(converted(family), family, out)
   assert (hf["architectures"], hf["model_type"]) == (original["architectures"],
                                                      original["model_type"])
   block_key = EXPECTED[family][5]
   assert (hf[block_key], hf["mask_token_id"]) == (4, EXPECTED[family][0])
-  original_t, exported = hf_tensors_on_disk(fixture_dir(family)), hf_tensors_on_disk(out)
-  assert sorted(exported) == sorted(original_t)
-  for name, value in original_t.items():
-    np.testing.assert_array_equal(exported[name].view(np.uint32), value.view(np.uint32),
-                                  err_msg=name)
+  assert_same_tensors(fixture_dir(family), out)
 
 
 def test_sdar_sampler_fills_blocks_from_the_checkpoints_mask_token(converted):
@@ -147,16 +137,10 @@ def test_dream_is_bidirectional_with_its_mask_token(converted):
 
 def test_dream_export_and_sampler_refusal(converted, tmp_path):
   out = str(tmp_path / "export")
-  convert.export_to_hf(converted("dream"), out)
-  with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
-    hf = json.load(f)
+  hf, _ = export_with_configs(converted("dream"), "dream", out)
   assert (hf["architectures"], hf["model_type"], hf["mask_token_id"]) == (["DreamModel"],
                                                                           "Dream", 3)
   assert "block_size" not in hf and "bd_size" not in hf
-  original, exported = hf_tensors_on_disk(fixture_dir("dream")), hf_tensors_on_disk(out)
-  assert sorted(exported) == sorted(original)
-  for name, value in original.items():
-    np.testing.assert_array_equal(exported[name].view(np.uint32), value.view(np.uint32),
-                                  err_msg=name)
+  assert_same_tensors(fixture_dir("dream"), out)
   with pytest.raises(ValueError, match="model.attention='bidirectional'"):
     runs.Sampler.from_run(converted("dream"))

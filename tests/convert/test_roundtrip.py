@@ -1,22 +1,13 @@
 """Import -> export -> import is bit-exact, and the exported directory is the family's format."""
-import json
 import os
 
 import jax
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from bdiff import convert, runs
-from tests.convert.conftest import FAMILIES, fixture_dir
-
-
-def hf_tensors_on_disk(hf_dir: str) -> dict:
-  out = {}
-  for name in sorted(os.listdir(hf_dir)):
-    if name.endswith(".safetensors"):
-      out.update(load_file(os.path.join(hf_dir, name)))
-  return out
+from tests.convert.conftest import (FAMILIES, assert_same_tensors, export_with_configs,
+                                   fixture_dir)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -24,12 +15,7 @@ def test_export_gives_back_the_checkpoint_bits(converted, family, tmp_path):
   """Every tensor of the export equals the original's, bit for bit; tied heads stay tied."""
   out = str(tmp_path / "export")
   summary = convert.export_to_hf(converted(family), out)
-  original, exported = hf_tensors_on_disk(fixture_dir(family)), hf_tensors_on_disk(out)
-  assert sorted(exported) == sorted(original)
-  for name, value in original.items():
-    assert exported[name].dtype == value.dtype, name
-    np.testing.assert_array_equal(exported[name].view(np.uint32), value.view(np.uint32),
-                                  err_msg=name)
+  assert_same_tensors(fixture_dir(family), out)
   assert summary["family"] == family
   assert {"tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(out))
 
@@ -37,12 +23,7 @@ def test_export_gives_back_the_checkpoint_bits(converted, family, tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_exported_config_describes_the_same_model(converted, family, tmp_path):
   """config.json of the export: the family's architecture and the same bdiff model section."""
-  out = str(tmp_path / "export")
-  convert.export_to_hf(converted(family), out)
-  with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
-    hf = json.load(f)
-  with open(os.path.join(fixture_dir(family), "config.json"), encoding="utf-8") as f:
-    original = json.load(f)
+  hf, original = export_with_configs(converted(family), family, str(tmp_path / "export"))
   assert hf["model_type"] == original["model_type"]
   assert hf["architectures"] == original["architectures"]
   assert hf["eos_token_id"] == original["eos_token_id"]  # the checkpoint's other keys kept

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 from bdiff import config as config_lib
 from bdiff import convert, runs, sharding
 from bdiff.train import checkpointing, loop
-from tests.convert.conftest import fixture_dir
+from tests.convert.conftest import assert_same_tensors, fixture_dir
 
 
 def test_training_continues_from_the_imported_weights(converted, tmp_path):
@@ -61,9 +61,4 @@ def test_bfloat16_checkpoint_round_trips(tmp_path):
   assert all(p.dtype == np.float32 for p in jax.tree.leaves(params))
   out = str(tmp_path / "export")
   assert convert.export_to_hf(str(tmp_path / "run"), out)["dtype"] == "bfloat16"
-  exported = load_file(os.path.join(out, "model.safetensors"))
-  assert sorted(exported) == sorted(bf16)
-  for name, value in bf16.items():
-    assert exported[name].dtype == ml_dtypes.bfloat16, name
-    np.testing.assert_array_equal(exported[name].view(np.uint16), value.view(np.uint16),
-                                  err_msg=name)
+  assert_same_tensors(hf_dir, out)  # bf16 tensors, the same 16 bits
