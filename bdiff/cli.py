@@ -41,7 +41,7 @@ log = logging.getLogger("bdiff")
 # Raised by the library on bad input (a key, value, file): one line, exit 1.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                FileExistsError, PermissionError, FloatingPointError,
-               rundir.WorkdirLockedError)
+               rundir.RunDirError)
 
 
 class UsageError(Exception):

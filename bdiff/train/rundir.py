@@ -39,7 +39,11 @@ HARMLESS = ("name", "train.steps", "train.progress", "train.log_every", "train.e
             "mesh.", "eval.", "sample.")
 
 
-class WorkdirLockedError(RuntimeError):
+class RunDirError(RuntimeError):
+  """The run directory cannot be used now (bad input of a kind, not a bug)."""
+
+
+class WorkdirLockedError(RunDirError):
   """Another training holds the run directory's lock."""
 
 
@@ -66,7 +70,7 @@ def on_main_process(fn: Callable):
   if jax.process_count() > 1:
     ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
     if not int(ok) and error is None:
-      raise RuntimeError("process 0 refused to start this run (its error says why)")
+      raise RunDirError("process 0 refused to start this run (its error says why)")
   if error is not None:
     raise error
   return result

@@ -65,6 +65,34 @@ def test_cli_train_in_a_locked_workdir_is_a_one_line_error(capsys, holder):
   assert f"in use by another training (pid {proc.pid}" in one_line_error(err)
 
 
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_multi_host_refusal_stops_every_process(holder):
+  """Process 0 alone locks; when it is refused, process 1 must stop too (without agreeing it
+  would wait forever in its first collective)."""
+  workdir, proc = holder
+  port = _free_port()
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4")
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "bdiff.cli", "train", "--config", TINY, f"--workdir={workdir}",
+       "--config.train.progress=false", f"--coordinator_address=localhost:{port}",
+       "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  errors = []
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1, err[-3000:]
+    errors.append(err.strip().splitlines()[-1])
+  assert errors[0].startswith(f"bdiff: error: {workdir} is in use by another training "
+                              f"(pid {proc.pid}")
+  assert errors[1] == "bdiff: error: process 0 refused to start this run (its error says why)"
+
+
 def test_cli_validation_failure_leaves_no_run_directory(capsys, tmp_path):
   """The vocabulary check needs the data tokenizer; the old loop had made the directory."""
   code, _, err = call(capsys, "train", "--config", TINY, "--workdir", tmp_path / "run",
