@@ -97,6 +97,8 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
   if block_family and block_family.sub_block:
     cfg.sample.sub_block = math.gcd(block_family.sub_block, cfg.diffusion.block_size)
   cfg.sample.prompt_prefix = "bos" if _tokenizer_config(hf_dir).get("bos_token") else "none"
+  # The checkpoint's context, not bdiff's training window (train.seq_len), bounds its prompts.
+  cfg.sample.max_prompt_len = int(hf.get("max_position_embeddings") or 0)
   return cfg
 
 
