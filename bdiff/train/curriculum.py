@@ -48,12 +48,28 @@ class StagedTrainStep:
     """Block sizes whose step has been built so far."""
     return sorted(self._steps)
 
-  def for_step(self, step: int) -> Callable:
-    """The jitted step of ``step``'s stage (built on first use)."""
+  def compiles_at(self, step: int) -> bool:
+    """Whether ``step`` opens a stage whose step is not built yet (the first step included)."""
+    return block_size_at(self._cfg, step) not in self._steps
+
+  def _build_stage(self, b: int) -> Callable:
+    staged = bool(self._cfg.diffusion.block_curriculum)
+    return self._build(stage_config(self._cfg, b) if staged else self._cfg)
+
+  def compile(self, step: int, state, batch) -> None:
+    """Build ``step``'s stage and compile it ahead of time for these arguments' shapes, so
+    the loop can keep a stage's compilation out of its step time."""
     b = block_size_at(self._cfg, step)
     if b not in self._steps:
-      staged = bool(self._cfg.diffusion.block_curriculum)
-      self._steps[b] = self._build(stage_config(self._cfg, b) if staged else self._cfg)
+      fn = self._build_stage(b)
+      # A jitted step compiles here; any other callable (a test double) compiles when called.
+      self._steps[b] = fn.lower(state, batch).compile() if hasattr(fn, "lower") else fn
+
+  def for_step(self, step: int) -> Callable:
+    """The step of ``step``'s stage (built on first use, compiled on first call)."""
+    b = block_size_at(self._cfg, step)
+    if b not in self._steps:
+      self._steps[b] = self._build_stage(b)
     return self._steps[b]
 
   def __call__(self, state, batch, step: int | None = None):

@@ -264,6 +264,10 @@ def _steps(trainer, state, start, mgr, writer, flops_per_step, on_step, bar) -> 
   for step in bar:
     batch = sharding.global_batch(trainer.data.train.batch(step), trainer.mesh)
     with jax.set_mesh(trainer.mesh):
+      if trainer.train_step.compiles_at(step):  # a new (curriculum) stage compiles its step:
+        jax.block_until_ready(state)            # earlier steps' device time stays step time,
+        with window.excluded():                 # the compilation does not
+          trainer.train_step.compile(step, state, batch)
       state, metrics = trainer.train_step(state, batch, step)
     pending.append((step + 1, metrics["finite"]))  # "step N" = the N-th update, as logged
     window.stepped(metrics)
