@@ -204,7 +204,12 @@ def _run_config(args, overrides) -> ml_collections.ConfigDict:
 
 
 def cmd_train(args, overrides) -> None:
-  cfg = apply_overrides(load_config_file(args.config), overrides)
+  # Without --config, continue the run in --workdir (a converted checkpoint, or a run to
+  # extend or fine-tune) from its own config.json.
+  if not args.config and not os.path.isfile(os.path.join(args.workdir, "config.json")):
+    raise UsageError(f"--config is required (--workdir {args.workdir} holds no run to continue)")
+  base = load_config_file(args.config) if args.config else load_run_config(args.workdir)
+  cfg = apply_overrides(base, overrides)
   _not_a_file(args.workdir, "--workdir")
   _not_a_file(os.path.join(args.workdir, "checkpoints"), "--workdir")
   validate(cfg)  # before the run directory is created
@@ -303,8 +308,9 @@ def _add_commands(sub) -> None:
   _add_command(
       sub, "train", "train a model, or resume the run in --workdir",
       "bdiff train --config configs/tiny.py --workdir runs/tiny --config.train.steps=100",
-      config=dict(required=True, metavar="FILE[:VARIANT]",
-                  help="config file, e.g. configs/tasks.py:block_size=8"),
+      config=dict(default=None, metavar="FILE[:VARIANT]",
+                  help="config file, e.g. configs/tasks.py:block_size=8 (default: the run's "
+                  "own config.json, to continue a run or fine-tune a converted one)"),
       workdir=dict(required=True, help="run directory (checkpoints, metrics)"),
       allow_config_change=dict(action="store_true", help="resume although the config changed "
                                "(changes recorded in WORKDIR/history.jsonl)"))

@@ -73,7 +73,7 @@ def test_bad_override_key_or_type_is_a_usage_error(capsys, tmp_path, override, m
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--workdir", "w"], "the following arguments are required: --config"),
+    (["train", "--workdir", "w"], "--config is required (--workdir w holds no run to continue)"),
     (["train", "--config", "configs/nope.py", "--workdir", "w"], "no such file"),
     (["train", "--config", TINY, "--workdir", "w", "--bogus"],
      "unrecognized arguments: --bogus"),
@@ -150,3 +150,18 @@ def test_prepare_on_error_skip_reports_the_count(capsys, tmp_path):
   meta = json.loads(out)
   assert (meta["num_docs"], meta["skipped"]) == (1, 2)
   assert "in.jsonl:2: text_field 'text' must be a string, got null" in err
+
+
+def test_train_without_config_continues_the_runs_own_config(capsys, tmp_path):
+  workdir = str(tmp_path / "run")
+  code, _, err = call(capsys, "train", "--config", TINY, "--workdir", workdir,
+                      "--config.train.steps=2", "--config.train.progress=False")
+  assert code == 0, err
+  # No --config: the run's config.json, with steps extended (a harmless change).
+  code, out, err = call(capsys, "train", "--workdir", workdir, "--config.train.steps=4")
+  assert code == 0, err
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    assert [json.loads(line)["step"] for line in f][-1] == 4
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  assert saved["name"] == "tiny" and saved["train"]["steps"] == 4
