@@ -22,7 +22,6 @@ import json
 import math
 import os
 import sys
-import time
 
 import jax
 
@@ -50,19 +49,29 @@ def sweep_config(block_size: int, args):
 
 
 def run(args) -> list[dict]:
+  """Train each block size (a finished run in its workdir is reused) and draw its NELBO."""
   rows = []
   for b in args.block_sizes or [1, 4, 16, args.seq_len]:
     cfg = sweep_config(b, args)
     workdir = os.path.join(args.workdir, f"b{b}")
     mesh = sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1])
-    t0 = time.perf_counter()
-    out = loop.train(cfg, workdir, mesh=mesh)
-    seconds = time.perf_counter() - t0
+    loop.train(cfg, workdir, mesh=mesh)
     draws = nelbo.nelbo_draws(cfg, workdir, args.draws, mesh=mesh)
-    rows.append({"block_size": b, "nll_draws": [d["nll"] for d in draws],
-                 "train_loss": out["loss"], "seconds": seconds})
+    rows.append({"block_size": b, "nll_draws": [float(d["nll"]) for d in draws],
+                 **train_summary(workdir)})
     print(json.dumps(rows[-1]), flush=True)
   return rows
+
+
+def train_summary(workdir: str) -> dict:
+  """Final train loss and training seconds (sum of logged step times) from the run's metrics."""
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    logged = [json.loads(line) for line in f if line.strip()]
+  seconds, prev = 0.0, 0
+  for row in logged:
+    seconds += row["step_time_s"] * (row["step"] - prev)
+    prev = row["step"]
+  return {"train_loss": float(logged[-1]["loss"]), "seconds": seconds}
 
 
 def label(block_size: int, seq_len: int) -> str:
