@@ -26,6 +26,7 @@ import jax
 import tqdm
 
 import bdiff
+from bdiff import sharding
 from bdiff.data import get_task, make_examples, task_names
 from bdiff.eval import speed_bench
 from bdiff.eval import tasks as eval_tasks
@@ -96,9 +97,9 @@ def fresh_workdir(workdir: str, name: str) -> None:
   shutil.rmtree(workdir)
 
 
-def train(cfg, workdir: str) -> dict:
-  mesh = bdiff.sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1])
-  return loop.train(cfg, workdir, mesh=mesh)
+def one_device_mesh(cfg):
+  """The demo runs on one device (a CPU is one device unless told otherwise)."""
+  return sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1])
 
 
 def strategy_config(cfg, overrides: dict):
@@ -153,8 +154,11 @@ def main(argv=None) -> list[dict]:
         f"seq {cfg.train.seq_len}, on {jax.devices()[0].platform}")
   fresh_workdir(args.workdir, cfg.name)
   phases = Phases()
-  out = phases.run("train (data, compile, steps)", train, cfg, args.workdir)
-  saved, params, tokenizer = phases.run("restore", bdiff.restore_params, args.workdir, cfg)
+  mesh = one_device_mesh(cfg)
+  out = phases.run("train (data, compile, steps)", lambda: loop.train(cfg, args.workdir,
+                                                                      mesh=mesh))
+  saved, params, tokenizer = phases.run(
+      "restore", lambda: bdiff.restore_params(args.workdir, cfg, mesh=mesh))
   print(f"{count_params(params) / 1e6:.2f}M params; final loss {out['loss']:.4f}; held-out "
         f"NELBO {out['eval_nll']:.4f} nats/token (one Monte Carlo draw)")
   rows = phases.run(f"decode ({len(STRATEGIES)} strategies)", decode_all, saved, params,
@@ -165,8 +169,10 @@ def main(argv=None) -> list[dict]:
   phases.run("samples", show_samples, saved, params, tokenizer, *STRATEGIES[1])
   print("\n== wall and CPU time per phase (other processes sharing the CPU inflate wall time):")
   print(phases.summary())
-  if args.out:
-    speed_bench.write_report(args.out, report(cfg, rows, phases, out, argv, load))
+  if args.out:  # the console already shows all of it: write the file without echoing it
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+      f.write(report(cfg, rows, phases, out, argv, load))
   return rows
 
 
