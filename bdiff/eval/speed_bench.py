@@ -23,24 +23,26 @@ import numpy as np
 from bdiff import masks
 from bdiff import runs
 from bdiff.data import tasks as tasks_lib
+from bdiff.eval import stats
 from bdiff.eval.tasks import format_table
 from bdiff.models import make_model
 from bdiff.sampling import config as sample_config
 from bdiff.sampling import generate as gen
 
-COLUMNS = (("setting", "{}"), ("batch", "{}"), ("tok/s", "{:.1f}"), ("tok/fwd", "{:.2f}"),
+COLUMNS = (("setting", "{}"), ("batch", "{}"), ("tok/s", "{:.1f}"), ("± sd", "{:.1f}"),
+           ("tok/fwd", "{:.2f}"),
            ("forwards", "{}"), ("ms/forward", "{:.2f}"), ("overhead", "{:.2f}"),
            ("compile s", "{:.1f}"))
 
 
-def time_fn(fn: Callable, *args, repeats: int = 3) -> float:
-  """Best wall time of ``fn(*args)`` over ``repeats`` runs (already compiled)."""
-  best = float("inf")
+def wall_times(fn: Callable, *args, repeats: int = 5) -> list[float]:
+  """Wall time of each of ``repeats`` runs of ``fn(*args)`` (already compiled)."""
+  times = []
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
-  return best
+    times.append(time.perf_counter() - start)
+  return times
 
 
 def _aot(fn: Callable, *args):
@@ -87,18 +89,22 @@ def _forwards(config: gen.SamplerConfig, params, state: gen.LoopState, n: int) -
 
 
 def bench(config: gen.SamplerConfig, params, prompts: np.ndarray, lengths: np.ndarray,
-          repeats: int = 3) -> dict:
+          repeats: int = 5) -> dict:
   """Time ``generate`` on one batch and break it down into forwards.
 
+  Every time is the mean of ``repeats`` runs of the compiled call; ``± sd`` is the sample s.d.
+  of tokens/s over those runs (timing noise of this process on this machine).
+
   Returns:
-    ``tokens``, ``seconds``, ``tok/s``, ``tok/fwd``, ``forwards`` (loop iterations + prefill),
-    ``ms/forward``, ``overhead`` (wall / forwards-only time), ``compile s``.
+    ``tokens``, ``seconds``, ``tok/s``, ``± sd``, ``tok/fwd``, ``forwards`` (loop iterations +
+    prefill), ``ms/forward``, ``overhead`` (wall / forwards-only time), ``compile s``.
   """
   b = prompts.shape[0]
   rng, ids = jax.random.key(0), np.arange(b, dtype=np.int32)
   args = (params, prompts, rng, lengths, ids)
   run, compile_s = _aot(lambda *a: gen.generate_fn(*a, config=config), *args)
-  seconds = time_fn(run, *args, repeats=repeats)
+  runs_s = wall_times(run, *args, repeats=repeats)
+  seconds = stats.mean_sd(runs_s).mean
   out = jax.tree.map(np.asarray, run(*args))
 
   init_c, _ = _aot(lambda p, x, r, n, u: gen.initial_state(p, x, r, n, u, config=config),
@@ -107,11 +113,12 @@ def bench(config: gen.SamplerConfig, params, prompts: np.ndarray, lengths: np.nd
   iterations = int(out["iterations"])
   n_fwd = max(iterations, 1)
   forwards_c, _ = _aot(lambda p, s: _forwards(config, p, s, n_fwd), params, state)
-  t_init = time_fn(init_c, *args, repeats=repeats)
-  t_fwd = time_fn(forwards_c, params, state, repeats=repeats) / n_fwd
+  t_init = stats.mean_sd(wall_times(init_c, *args, repeats=repeats)).mean
+  t_fwd = stats.mean_sd(wall_times(forwards_c, params, state, repeats=repeats)).mean / n_fwd
   tokens = int(out["num_tokens"].sum())
   forwards = int((out["nfe_denoise"] + out["nfe_commit"]).sum())
-  return {"tokens": tokens, "seconds": seconds, "tok/s": tokens / seconds,
+  rate = stats.mean_sd([tokens / s for s in runs_s])
+  return {"tokens": tokens, "seconds": seconds, "tok/s": rate.mean, "± sd": rate.sd,
           "tok/fwd": tokens / max(forwards, 1),
           "forwards": iterations + int(out["nfe_prefill"]), "ms/forward": 1e3 * t_fwd,
           "overhead": seconds / (t_init + iterations * t_fwd), "compile s": compile_s}
