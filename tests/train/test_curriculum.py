@@ -10,6 +10,7 @@ from bdiff import convert, runs, sharding
 from bdiff.diffusion import curriculum as dcurriculum
 from bdiff.train import curriculum, loop, step as step_lib
 from configs import tiny
+from resume_common import train_straight_and_resumed  # tests/train/resume_common.py
 
 STAGES = [[0, 1], [3, 2], [5, 4]]
 
@@ -80,20 +81,8 @@ def _rows(workdir):
 def test_resume_across_a_stage_boundary_is_exact(tmp_path):
   """Checkpoint at step 2 (stage B=1), crash at 4 (stage B=2), resume: identical losses."""
   cfg = tiny_cfg(steps=7, log_every=1, checkpoint_every=2, eval_batches=1)
-  mesh = one_device_mesh()
-  loop.train(cfg, str(tmp_path / "straight"), mesh=mesh)
-
-  class Crash(RuntimeError):
-    pass
-
-  def crash_at_3(step):
-    if step == 3:
-      raise Crash("simulated preemption after step 3 (last checkpoint at 2)")
-
-  with pytest.raises(Crash):
-    loop.train(cfg, str(tmp_path / "resumed"), mesh=mesh, on_step=crash_at_3)
-  loop.train(cfg, str(tmp_path / "resumed"), mesh=mesh)
-  straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "resumed")
+  dirs = train_straight_and_resumed(cfg, tmp_path, one_device_mesh(), crash_after=3)
+  straight, resumed = map(_rows, dirs)
   assert [b for _, b, _ in straight] == [1, 1, 1, 2, 2, 4, 4]
   assert resumed == straight  # floats compared exactly
 

@@ -14,6 +14,7 @@ from bdiff import sharding
 from bdiff.train import loop, rundir
 from configs import tiny
 from tests.cli_common import call, one_line_error
+from resume_common import Crash  # tests/train/resume_common.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -28,10 +29,6 @@ def tiny_cfg(**train):
 
 def one_device_mesh():
   return sharding.make_mesh(tiny_cfg().mesh, devices=jax.devices()[:1])
-
-
-class Crash(RuntimeError):
-  pass
 
 
 @pytest.fixture(name="holder")

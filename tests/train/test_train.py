@@ -14,6 +14,7 @@ from bdiff import sharding
 from bdiff.train import loop, state as state_lib, step as step_lib
 from configs import tasks as tasks_config
 from configs import tiny
+from resume_common import train_straight_and_resumed  # tests/train/resume_common.py
 
 
 def tiny_cfg(**train):
@@ -59,10 +60,6 @@ def test_params_are_actually_sharded(tmp_path):
   assert tuple(spec) == (None, "fsdp", "tensor")  # (layers, embed, mlp)
 
 
-class Crash(RuntimeError):
-  pass
-
-
 def _losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     return [(row["step"], row["loss"]) for row in map(json.loads, f)]
@@ -70,17 +67,9 @@ def _losses(workdir):
 
 def test_killed_and_resumed_run_logs_identical_losses(tmp_path):
   cfg = tiny_cfg(steps=8, log_every=1, checkpoint_every=3, eval_batches=1)
-  mesh = one_device_mesh()
-  loop.train(cfg, str(tmp_path / "straight"), mesh=mesh)
-
-  def crash_at_5(step):
-    if step == 5:
-      raise Crash("simulated preemption after step 5 (last checkpoint at 3)")
-
-  with pytest.raises(Crash):
-    loop.train(cfg, str(tmp_path / "resumed"), mesh=mesh, on_step=crash_at_5)
-  loop.train(cfg, str(tmp_path / "resumed"), mesh=mesh)
-  straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+  # Crash after step 5; the last checkpoint is at 3.
+  dirs = train_straight_and_resumed(cfg, tmp_path, one_device_mesh(), crash_after=5)
+  straight, resumed = map(_losses, dirs)
   assert [s for s, _ in resumed] == list(range(1, 9))
   assert resumed == straight  # bit for bit: floats compared exactly
 
