@@ -5,7 +5,12 @@ own layer or below, never above. Function-level imports count too (a lazy import
 circle is still a circle).
 """
 import ast
+import os
 import pathlib
+import subprocess
+import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -96,3 +101,19 @@ def test_readme_layout_lists_the_layers_in_order():
   section = readme[readme.index("## Layout"):]
   order = [section.index(f"`{p}`") for layer in LAYERS for p in layer[:1]]
   assert order == sorted(order), "README's layer list is not in LAYERS order"
+
+
+# Import order matters at run time too: ``pallas_kernels`` imports ``bdiff.masks``, which runs
+# ``bdiff/__init__.py`` (the whole public API) while the kernels are half imported. Each entry
+# point must import first in a fresh interpreter.
+ENTRY_POINTS = ("pallas_kernels.block_sparse_attention",
+                "pallas_kernels.block_sparse_attention.plan", "bdiff.masks", "bdiff.models",
+                "bdiff.convert", "bdiff.cli")
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_module_imports_first_in_a_fresh_interpreter(module):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]

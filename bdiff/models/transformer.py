@@ -25,7 +25,7 @@ import ml_collections
 
 from bdiff import masks as masks_lib
 from bdiff.models import layers
-from pallas_kernels.block_sparse_attention.api import BACKENDS as PALLAS_BACKENDS
+from pallas_kernels.block_sparse_attention.backends import BACKENDS as PALLAS_BACKENDS
 
 REMAT_POLICIES = {
     "none": None,

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.block_sparse_attention import gpu
+from pallas_kernels.block_sparse_attention.backends import BACKENDS
 from pallas_kernels.block_sparse_attention import plan as plan_lib
 from pallas_kernels.block_sparse_attention import reference
 from pallas_kernels.block_sparse_attention import tpu
@@ -29,7 +30,6 @@ from pallas_kernels.block_sparse_attention import tpu
 SparsityPlan = plan_lib.SparsityPlan
 plan_from_scores = plan_lib.plan_from_scores
 plan_from_selection = plan_lib.plan_from_selection
-BACKENDS = ("tpu", "tpu_interpret", "gpu", "gpu_interpret", "reference")
 # backend -> (kernel module, its ``interpret`` argument)
 _KERNELS = {"tpu": (tpu, False), "tpu_interpret": (tpu, True), "gpu": (gpu, None),
             "gpu_interpret": (gpu, gpu.INTERPRET)}
