@@ -10,7 +10,8 @@ $(STAMP): setup.py constraints.txt
 	@set -e; boot=$$(.ci/find_python.sh); echo "using $$boot"; \
 	  "$$boot" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,hf]"
+	@echo "installing bdiff and its pinned dependencies into $(VENV) (about a minute with a warm pip cache)"
+	$(PY) -m pip install --progress-bar on -c constraints.txt -e ".[dev,hf]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
