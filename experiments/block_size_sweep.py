@@ -25,9 +25,9 @@ import sys
 
 import jax
 
+import bdiff
 from bdiff import sharding
 from bdiff.eval import nelbo, speed_bench, stats
-from bdiff.train import loop
 from configs import tiny
 
 
@@ -55,7 +55,7 @@ def run(args) -> list[dict]:
     cfg = sweep_config(b, args)
     workdir = os.path.join(args.workdir, f"b{b}")
     mesh = sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1])
-    loop.train(cfg, workdir, mesh=mesh)
+    bdiff.train(cfg, workdir, mesh=mesh)
     draws = nelbo.nelbo_draws(cfg, workdir, args.draws, mesh=mesh)
     rows.append({"block_size": b, "nll_draws": [float(d["nll"]) for d in draws],
                  **train_summary(workdir)})

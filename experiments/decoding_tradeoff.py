@@ -58,7 +58,7 @@ def run_setting(cfg, params, tokenizer, tasks, strategy: str, knobs: dict) -> di
   cfg.sample.update(strategy=strategy, temperature=0.0, **knobs)
   sampler = bdiff.Sampler(cfg, params, tokenizer)
   e = cfg.eval
-  rows = eval_tasks.evaluate(sampler, tasks, e.num_examples, e.seed, e.batch_size)
+  rows = bdiff.evaluate(sampler, tasks, e.num_examples, e.seed, e.batch_size)
   return {**eval_tasks.pool(rows), "strategy": strategy,
           "knobs": ", ".join(f"{k}={v}" for k, v in knobs.items()) or "-",
           "compile s": sampler.compile_seconds,

@@ -31,7 +31,6 @@ from bdiff.data import get_task, make_examples, task_names
 from bdiff.eval import speed_bench
 from bdiff.eval import tasks as eval_tasks
 from bdiff.models import count_params
-from bdiff.train import loop
 from configs import tasks as tasks_config
 
 # (label, sample overrides): one token per forward first, then parallel strategies, roughly by
@@ -120,7 +119,7 @@ def decode_all(cfg, params, tokenizer) -> list[dict]:
     scfg = strategy_config(cfg, overrides)
     sampler = bdiff.Sampler(scfg, params, tokenizer, use_mesh=False)
     e = scfg.eval
-    per_task = eval_tasks.evaluate(sampler, names, e.num_examples, e.seed, e.batch_size)
+    per_task = bdiff.evaluate(sampler, names, e.num_examples, e.seed, e.batch_size)
     rows.append({**eval_tasks.pool(per_task), "strategy": label,
                  "compile_s": sampler.compile_seconds})
   return rows
@@ -155,8 +154,8 @@ def main(argv=None) -> list[dict]:
   fresh_workdir(args.workdir, cfg.name)
   phases = Phases()
   mesh = one_device_mesh(cfg)
-  out = phases.run("train (data, compile, steps)", lambda: loop.train(cfg, args.workdir,
-                                                                      mesh=mesh))
+  out = phases.run("train (data, compile, steps)",
+                   lambda: bdiff.train(cfg, args.workdir, mesh=mesh))
   saved, params, tokenizer = phases.run(
       "restore", lambda: bdiff.restore_params(args.workdir, cfg, mesh=mesh))
   print(f"{count_params(params) / 1e6:.2f}M params; final loss {out['loss']:.4f}; held-out "
