@@ -137,8 +137,7 @@ class Sampler:
 
   def _encode(self, text: str) -> tuple[np.ndarray, int]:
     """``(tokens within the limit, untruncated length)``."""
-    prefix = {"none": [], "bos": [self.tokenizer.bos_id],
-              "eos": [self.tokenizer.eos_id]}[self.prompt_prefix]
+    prefix = sample_config.prefix_ids(self.prompt_prefix, self.tokenizer)
     ids = np.asarray(prefix + list(self.tokenizer.encode(self.prompt_text(text))), np.int32)
     if not len(ids):
       raise ValueError(f"empty prompt: the run's prompt layout has no prefix token "

@@ -127,7 +127,7 @@ def bench(config: gen.SamplerConfig, params, prompts: np.ndarray, lengths: np.nd
 def task_prompts(tokenizer, task: str, batch: int, seed: int = 0, prefix: str = "eos"
                  ) -> tuple[np.ndarray, np.ndarray]:
   """A right-padded batch of task prompts ``([b, P], lengths [b])``."""
-  pre = {"none": [], "bos": [tokenizer.bos_id], "eos": [tokenizer.eos_id]}[prefix]
+  pre = sample_config.prefix_ids(prefix, tokenizer)
   seqs = [pre + tokenizer.encode(ex.prompt) for ex in tasks_lib.make_examples(task, batch, seed)]
   width = max(len(s) for s in seqs)
   x = np.zeros((batch, width), np.int32)

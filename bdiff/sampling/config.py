@@ -102,6 +102,11 @@ def prompt_prefix(cfg) -> str:
   return prefix
 
 
+def prefix_ids(prefix: str, tokenizer) -> list[int]:
+  """The token ids a resolved prompt prefix ("none", "bos" or "eos") puts before a prompt."""
+  return {"none": [], "bos": [tokenizer.bos_id], "eos": [tokenizer.eos_id]}[prefix]
+
+
 def prompt_limit(cfg) -> int:
   """Longest prompt in tokens: ``sample.max_prompt_len``, or the trained ``train.seq_len``."""
   return cfg.sample.max_prompt_len or cfg.train.seq_len
