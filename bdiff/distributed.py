@@ -1,6 +1,7 @@
 """Multi-host start-up through JAX's own runtime (``jax.distributed``); no home-made layer.
 
-Every ``bdiff`` command that computes calls :func:`initialize` before JAX touches a device:
+``bdiff train`` calls :func:`initialize` before JAX touches a device (multi-host sampling and
+evaluation are not built yet):
 
 * explicit: ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` on every
   host (what a hand-made cluster, or the localhost test, uses);

@@ -30,6 +30,7 @@ from bdiff import sharding as sharding_lib
 from bdiff.convert import families, layout
 from bdiff.models import count_params
 from bdiff.convert.safetensors_io import INDEX, CheckpointReader
+from bdiff.data import chat
 from bdiff.train import checkpointing
 from bdiff.train import state as state_lib
 
@@ -57,8 +58,8 @@ def tokenizer_mask_id(hf_dir: str, hf: dict) -> int | None:
   name = families.family(hf)
   if name not in families.BLOCK_FAMILIES:
     return None
-  token = _tokenizer_config(hf_dir).get("mask_token") or families.BLOCK_FAMILIES[name].mask_token
-  token = token.get("content") if isinstance(token, dict) else token
+  token = chat.token_text(_tokenizer_config(hf_dir).get("mask_token")
+                         or families.BLOCK_FAMILIES[name].mask_token)
   path = os.path.join(hf_dir, "tokenizer.json")
   if not os.path.isfile(path):
     return None
@@ -81,15 +82,12 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
   tokenizer = os.path.join(hf_dir, "tokenizer.json")
   if not os.path.isfile(tokenizer):
     raise ValueError(f"{hf_dir!r} has no tokenizer.json (bdiff reads HF fast tokenizers)")
+  name = families.family(hf)
   cfg = config_lib.base_config()
-  cfg.name = f"hf-{families.family(hf)}"
-  for key, value in model.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      cfg.model[key].update(value.to_dict())
-    else:
-      cfg.model[key] = value
+  cfg.name = f"hf-{name}"
+  cfg.model.update(model)
   cfg.data.tokenizer = os.path.abspath(tokenizer)
-  block_family = families.BLOCK_FAMILIES.get(families.family(hf))
+  block_family = families.BLOCK_FAMILIES.get(name)
   # No block size (Dream): one block spans the whole training window.
   cfg.diffusion.block_size = families.block_size(hf) or cfg.train.seq_len
   cfg.diffusion.token_shift = block_family is None or block_family.token_shift

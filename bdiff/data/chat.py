@@ -48,7 +48,7 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
                     sort_keys=sort_keys)
 
 
-def _token_text(value) -> str | None:
+def token_text(value) -> str | None:
   """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
   if isinstance(value, dict):
     return value.get("content")
@@ -80,8 +80,8 @@ class ChatTemplate:
       template = named[name]
     if not isinstance(template, str) or not template:
       raise ValueError(f"{path}: no chat_template string; this tokenizer has no chat format")
-    specials = {k: _token_text(v) for k, v in config.items()
-                if k.endswith("_token") and _token_text(v) is not None}
+    specials = {k: token_text(v) for k, v in config.items()
+                if k.endswith("_token") and token_text(v) is not None}
     return cls(template, specials)
 
   def render(self, messages: Sequence[dict], add_generation_prompt: bool = False,
