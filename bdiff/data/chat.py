@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 from typing import Any, Sequence
@@ -84,19 +85,24 @@ class ChatTemplate:
                 if k.endswith("_token") and token_text(v) is not None}
     return cls(template, specials)
 
-  def render(self, messages: Sequence[dict], add_generation_prompt: bool = False,
-             **extra: Any) -> str:
-    """The conversation as the model sees it (``apply_chat_template(tokenize=False)``)."""
-    check_messages(messages)
+  @functools.cached_property
+  def _compiled(self):
+    """The jinja template, compiled once (SFT data renders every record twice)."""
     jinja2 = _jinja()
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    template = env.from_string(self.source)
-    return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                           **self.special_tokens, **extra)
+    return env.from_string(self.source)
+
+  def render(self, messages: Sequence[dict], add_generation_prompt: bool = False,
+             **extra: Any) -> str:
+    """The conversation as the model sees it (``apply_chat_template(tokenize=False)``)."""
+    check_messages(messages)
+    return self._compiled.render(messages=list(messages),
+                                 add_generation_prompt=add_generation_prompt,
+                                 **self.special_tokens, **extra)
 
 
 def check_messages(messages: Sequence[dict], where: str = "messages") -> None:
