@@ -108,6 +108,11 @@ def window_segments(window_start: jax.Array, cache_size: int,
   return jnp.ones((b, width), jnp.int32), valid.astype(jnp.int32)
 
 
+def prefill_forwards(n: int, chunk: int) -> int:
+  """Forwards :func:`prefill` runs for ``n`` clean prompt positions, ``chunk`` per forward."""
+  return -(-n // min(chunk, n)) if n else 0
+
+
 def prefill(apply_fn, tokens: jax.Array, cache: Cache, clean_len: jax.Array,
             block_size: int, *, chunk: int, vocab_size: int, context_causal: bool = False
             ) -> tuple[Cache, jax.Array]:
@@ -138,7 +143,7 @@ def prefill(apply_fn, tokens: jax.Array, cache: Cache, clean_len: jax.Array,
   b, n = tokens.shape
   length = cache[0].shape[2]
   chunk = min(chunk, n)
-  n_chunks = -(-n // chunk)
+  n_chunks = prefill_forwards(n, chunk)
   padded = jnp.pad(tokens, ((0, 0), (0, n_chunks * chunk - n)))
   mask = window_masks.clean_mask(chunk, length, block_size, context_causal)
   offset = jnp.arange(chunk, dtype=jnp.int32)

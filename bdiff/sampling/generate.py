@@ -203,7 +203,7 @@ def _init(config: SamplerConfig, apply, prompts, rows: Rows, trace: bool):
       cache, last = cache_lib.prefill(
           apply, tokens[:, :clean_width], cache, start, blk, chunk=config.prefill_chunk,
           vocab_size=config.model.vocab_size, context_causal=config.context_causal)
-      nfe_prefill = 1
+      nfe_prefill = cache_lib.prefill_forwards(clean_width, config.prefill_chunk)
   elif config.first_token_from_commit and clean_width:
     logits = apply(tokens, jnp.broadcast_to(pos, tokens.shape),
                    window_masks.reference_mask(length, blk, start, config.context_causal))
@@ -392,8 +392,8 @@ def generate(params, prompts, rng, config: SamplerConfig, lengths=None, row_ids=
   Returns:
     A dict of arrays: ``tokens [b, max_new_tokens]`` (generated tokens, the stop token
     included, ``NO_TOKEN`` after the row's end), ``num_tokens [b]``, ``nfe_denoise [b]``,
-    ``nfe_commit [b]`` (commit passes, counted apart), ``nfe_prefill`` (0 or 1),
-    ``tokens_per_forward [b]`` (``num_tokens / (nfe_denoise + nfe_commit)``), ``done [b]``,
+    ``nfe_commit [b]`` (commit passes, counted apart), ``nfe_prefill`` (prefill forwards, one
+    per chunk), ``tokens_per_forward [b]`` (``num_tokens / (nfe_denoise + nfe_commit)``), ``done [b]``,
     ``iterations`` (loop forwards).
   """
   lengths, row_ids = _defaults(prompts, lengths, row_ids)

@@ -64,6 +64,8 @@ def test_chunked_prefill_gives_the_same_tokens(params, prompts, commit):
   assert one_shot.prefill_chunk >= prompts.shape[1]
   np.testing.assert_array_equal(a["tokens"], b["tokens"])
   np.testing.assert_array_equal(a["trace"], b["trace"])
+  # Prefill forwards are counted per chunk: 12 clean positions (3 blocks), 4 per forward.
+  assert int(a["nfe_prefill"]) == 1 and int(b["nfe_prefill"]) == 3
 
 
 def test_prefill_memory_grows_linearly_with_the_prompt():
