@@ -59,6 +59,11 @@ def padded_batch(n: int, batch_size: int, shards: int = 1) -> int:
   return min(batch_size, _round_up(1 << max(n - 1, 0).bit_length(), shards))
 
 
+def run_config(workdir: str):
+  """The config a run's latest checkpoint was saved with."""
+  return config_lib.from_dict(checkpointing.read_meta(workdir)["config"])
+
+
 def restore_params(workdir: str, cfg=None, *, mesh=None, use_ema: bool = True):
   """Load a run for inference: (config, params, tokenizer), EMA weights when present.
 
@@ -66,8 +71,7 @@ def restore_params(workdir: str, cfg=None, *, mesh=None, use_ema: bool = True):
   example ``sample.*``). Only the params subtree is read (never the optimizer moments), and
   strictly: the saved params must match the model's keys, shapes and dtypes exactly.
   """
-  if cfg is None:
-    cfg = config_lib.from_dict(checkpointing.read_meta(workdir)["config"])
+  cfg = run_config(workdir) if cfg is None else cfg
   mesh = sharding_lib.make_mesh(cfg.mesh) if mesh is None else mesh
   _, _, abstract, shardings = state_lib.build(cfg, mesh)
   name = "ema_params" if (use_ema and abstract.ema_params is not None) else "params"
@@ -263,7 +267,8 @@ def read_prompts(path: str, chat: bool = False) -> list:
 def sample_file(cfg, workdir: str, prompts_path: str, out_path: str) -> list[dict]:
   """``bdiff sample``: one JSON object per prompt of ``prompts_path``, in order, to ``out_path``."""
   # a bad file (or, in chat mode, a missing template) fails before the model is restored
-  chat = bool(cfg is not None and cfg.sample.chat)
+  cfg = run_config(workdir) if cfg is None else cfg  # the run's own chat setting
+  chat = bool(cfg.sample.chat)
   prompts = read_prompts(prompts_path, chat=chat)
   if chat:
     chat_lib.template_for_tokenizer(cfg.data.tokenizer, required=True)

@@ -121,3 +121,16 @@ def test_prompt_files_in_chat_mode(tmp_path):
   path.write_text(json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n")
   with pytest.raises(ValueError, match=r"p.jsonl:1: messages\[0\]: expected a dict with role"):
     runs.read_prompts(str(path), chat=True)
+
+
+def test_sample_file_follows_the_runs_own_chat_setting(tmp_path):
+  """No config given: the run's saved ``sample.chat`` decides how the prompts file is read
+  (a messages line used to be refused as "needs a 'prompt' string" before the model loaded)."""
+  cfg = convert.hf_config(QWEN3)
+  cfg.sample.update(chat=True, max_new_tokens=4)
+  workdir = str(tmp_path / "run")
+  convert.convert_from_hf(QWEN3, workdir, cfg, progress=False)
+  prompts = tmp_path / "p.jsonl"
+  prompts.write_text(json.dumps({"messages": USER}) + "\n")
+  records = runs.sample_file(None, workdir, str(prompts), str(tmp_path / "out.jsonl"))
+  assert len(records) == 1 and records[0]["prompt"] == USER

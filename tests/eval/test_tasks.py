@@ -38,6 +38,7 @@ def workdir(tmp_path, monkeypatch, params):
     return (cfg if cfg is not None else tiny_cfg()), params, ByteTokenizer()
 
   monkeypatch.setattr(run, "restore_params", restore)
+  monkeypatch.setattr(run, "run_config", lambda path: tiny_cfg())
   return str(tmp_path)
 
 
