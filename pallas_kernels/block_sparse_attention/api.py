@@ -9,7 +9,7 @@
     default on GPU (it has not run on hardware);
   * ``"gpu_interpret"``: the same kernel in the Mosaic GPU interpreter (CPU tests);
   * ``"reference"``: the pure-JAX oracle (:mod:`.reference`), the default on CPU, and on GPU
-    until the Mosaic GPU kernel (``gpu.py``, a separate issue) exists.
+    until the Mosaic GPU kernel has run on hardware.
 """
 from __future__ import annotations
 
@@ -117,10 +117,11 @@ def _check_inputs(q, k, v, plan, backend: str) -> None:
     raise ValueError(f"plan batch dim {bp} must be 1 or batch={b}")
   if hp not in (1, hkv, h):
     raise ValueError(f"plan head dim {hp} must be 1, kv_heads={hkv} or heads={h}")
-  if backend in ("tpu", "tpu_interpret") and (plan.block_q % 8 or plan.block_k % 8):
+  kernel = _KERNELS.get(backend, (None,))[0]
+  if kernel is tpu and (plan.block_q % 8 or plan.block_k % 8):
     raise ValueError(f"TPU tiles (block_q, block_k) must be multiples of 8 (the sublane "
                      f"count), got ({plan.block_q}, {plan.block_k})")
-  if backend in ("gpu", "gpu_interpret"):
+  if kernel is gpu:
     gpu.check_supported(q, k, plan)
 
 

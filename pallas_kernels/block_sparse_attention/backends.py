@@ -1,5 +1,7 @@
-"""The kernel backends' names: a leaf module (no imports), so that configs can validate a
-backend name without importing the kernels (which import ``bdiff.masks`` and, through the
-``bdiff`` package, the models that read this list)."""
+"""The kernel backends' names, in a leaf module (no imports).
+
+The kernels import ``bdiff.masks``, which runs ``bdiff/__init__.py`` and so imports the models
+while the kernel API is still half imported; the models read this list from here, a module
+complete on its own, instead of from that half-imported API."""
 
 BACKENDS = ("tpu", "tpu_interpret", "gpu", "gpu_interpret", "reference")
