@@ -150,13 +150,6 @@ def check_supported(q, k, plan: plan_lib.SparsityPlan) -> None:
                      f"dK/dV kernel) for the Mosaic GPU kernel, got {plan.block_k}")
 
 
-def _pad_seq(x, multiple: int, axis: int = 2):
-  pad = -x.shape[axis] % multiple
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, pad)
-  return jnp.pad(x, widths) if pad else x
-
-
 def _per_head(x, b: int, h: int):
   """Plan table [Bp, Hp, ...] -> int32 [b, h, ...] indexed by batch and QUERY head.
 
@@ -447,7 +440,7 @@ def _padded_segments(segment_ids, bq: int, bk: int):
   if segment_ids is None:
     return ()
   q_seg, kv_seg = (x.astype(jnp.int32) for x in segment_ids)
-  return _pad_seq(q_seg, bq, axis=1), _pad_seq(kv_seg, bk, axis=1)
+  return plan_lib.pad_seq(q_seg, bq, axis=1), plan_lib.pad_seq(kv_seg, bk, axis=1)
 
 
 def _call(cfg: _Config, body, out_type, scratch, grid_tile: str, num_tiles: int, interpret):
@@ -481,8 +474,8 @@ def forward(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float, segment_ids=N
   b, h, lq, d = q.shape
   p_in_smem = interpret is not None if p_in_smem is None else p_in_smem
   cfg = _config(plan, q, k, scale, segment_ids is not None, stages, p_in_smem)
-  qp = _pad_seq(q, cfg.block_q)
-  kp, vp = _pad_seq(k, cfg.block_k), _pad_seq(v, cfg.block_k)
+  qp = plan_lib.pad_seq(q, cfg.block_q)
+  kp, vp = plan_lib.pad_seq(k, cfg.block_k), plan_lib.pad_seq(v, cfg.block_k)
   tables = [_per_head(x, b, h) for x in (plan.kv_count, plan.kv_idx, plan.kv_full)]
   out_type = [jax.ShapeDtypeStruct(qp.shape, q.dtype),
               jax.ShapeDtypeStruct(qp.shape[:3], jnp.float32)]
@@ -633,9 +626,9 @@ def backward(q, k, v, out, lse, dout, dlse, plan: plan_lib.SparsityPlan, *, scal
   p_in_smem = interpret is not None if p_in_smem is None else p_in_smem
   cfg = _config(plan, q, k, scale, segment_ids is not None, stages, p_in_smem)
   di = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), axis=-1) - dlse
-  rows = [_pad_seq(x, cfg.block_q) for x in (q, dout.astype(q.dtype))]
-  rows += [_pad_seq(x.astype(jnp.float32), cfg.block_q) for x in (lse, di)]
-  kp, vp = _pad_seq(k, cfg.block_k), _pad_seq(v, cfg.block_k)
+  rows = [plan_lib.pad_seq(x, cfg.block_q) for x in (q, dout.astype(q.dtype))]
+  rows += [plan_lib.pad_seq(x.astype(jnp.float32), cfg.block_q) for x in (lse, di)]
+  kp, vp = plan_lib.pad_seq(k, cfg.block_k), plan_lib.pad_seq(v, cfg.block_k)
   segs = _padded_segments(segment_ids, cfg.block_q, cfg.block_k)
   fwd_tables = [_per_head(x, b, h) for x in (plan.kv_count, plan.kv_idx, plan.kv_full)]
   bwd_tables = [_per_head(x, b, h) for x in (plan.q_count, plan.q_idx, plan.q_full)]

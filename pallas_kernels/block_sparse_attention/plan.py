@@ -283,3 +283,12 @@ def allowed_pairs(plan: SparsityPlan) -> tuple[int, int]:
     ok = np.asarray(plan.allowed(q[sl], k)) & (q[sl] < plan.q_len)
     pairs += int(ok.sum())
   return pairs, tiles
+
+
+def pad_seq(x, multiple: int, axis: int = 2):
+  """Zero-pads ``axis`` (T of the kernels' [b, h, T, d] by default) to a multiple of
+  ``multiple``: the kernels' inputs to whole tiles (the plan masks the padded keys)."""
+  pad = -x.shape[axis] % multiple
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths) if pad else x

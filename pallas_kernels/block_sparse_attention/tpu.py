@@ -130,14 +130,6 @@ def _params(interpret, semantics):
               compiler_params=pltpu.CompilerParams(dimension_semantics=semantics))
 
 
-def _pad_seq(x, multiple: int, axis: int = 2):
-  """Zero-pads ``axis`` (T of [b, h, T, d] by default) to a multiple of ``multiple``."""
-  pad = -x.shape[axis] % multiple
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, pad)
-  return jnp.pad(x, widths) if pad else x
-
-
 # --------------------------------------------------------------------------------------------
 # Segment ids.
 
@@ -146,7 +138,7 @@ def _tile_rows(x, block: int, sublanes: int = 1):
   """[..., T] -> [..., T_pad // block, sublanes, block]: one row per tile, so a tile's block
   spans the array's last two dims whole (Mosaic then accepts any ``block``, not only
   multiples of 128), replicated over ``sublanes`` sublanes."""
-  x = _pad_seq(x, block, axis=x.ndim - 1)
+  x = plan_lib.pad_seq(x, block, axis=x.ndim - 1)
   x = x.reshape(x.shape[:-1] + (x.shape[-1] // block, 1, block))
   return jnp.broadcast_to(x, x.shape[:-2] + (sublanes, block)) if sublanes > 1 else x
 
@@ -163,8 +155,8 @@ def _segment_arrays(segment_ids, bq: int, bk: int, transposed: bool = False):
     return ()
   q_seg, kv_seg = (x.astype(jnp.int32) for x in segment_ids)
   if transposed:
-    return _pad_seq(kv_seg, bk, axis=1)[:, :, None], _tile_rows(q_seg, bq)
-  return _pad_seq(q_seg, bq, axis=1)[:, :, None], _tile_rows(kv_seg, bk)
+    return plan_lib.pad_seq(kv_seg, bk, axis=1)[:, :, None], _tile_rows(q_seg, bq)
+  return plan_lib.pad_seq(q_seg, bq, axis=1)[:, :, None], _tile_rows(kv_seg, bk)
 
 
 def _segment_specs(cfg: _Config, col_tile, row_tile, transposed: bool = False):
@@ -291,7 +283,7 @@ def forward(q, k, v, plan: plan_lib.SparsityPlan, *, scale: float, segment_ids=N
   b, h, lq, d = q.shape
   cfg = _config(plan, h, k.shape[1], scale, segment_ids is not None)
   bq, bk = cfg.block_q, cfg.block_k
-  qp, kp, vp = _pad_seq(q, bq), _pad_seq(k, bk), _pad_seq(v, bk)
+  qp, kp, vp = plan_lib.pad_seq(q, bq), plan_lib.pad_seq(k, bk), plan_lib.pad_seq(v, bk)
   q_spec, row_spec, kv_spec, seg_specs = _fwd_specs(cfg, d)
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=3,
@@ -394,11 +386,11 @@ def backward(q, k, v, out, lse, dout, dlse, plan: plan_lib.SparsityPlan, *, scal
   cfg = _config(plan, q.shape[1], k.shape[1], scale, segment_ids is not None)
   bq, bk = cfg.block_q, cfg.block_k
   di = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), axis=-1) - dlse
-  qp, dop = _pad_seq(q, bq), _pad_seq(dout.astype(q.dtype), bq)
-  kp, vp = _pad_seq(k, bk), _pad_seq(v, bk)
+  qp, dop = plan_lib.pad_seq(q, bq), plan_lib.pad_seq(dout.astype(q.dtype), bq)
+  kp, vp = plan_lib.pad_seq(k, bk), plan_lib.pad_seq(v, bk)
   # Row statistics as columns [b, h, Tq, NUM_LANES] for dQ, as rows per query tile
   # [b, h, nq, NUM_SUBLANES, bq] for dK/dV (whose tiles are transposed).
-  cols = [jnp.broadcast_to(_pad_seq(x[..., None], bq), qp.shape[:3] + (NUM_LANES,))
+  cols = [jnp.broadcast_to(plan_lib.pad_seq(x[..., None], bq), qp.shape[:3] + (NUM_LANES,))
           for x in (lse, di)]
   rows = [_tile_rows(x, bq, NUM_SUBLANES) for x in (lse, di)]
   tables = _tables(plan)
