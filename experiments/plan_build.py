@@ -8,13 +8,12 @@ first build of a process also fills the masks' own tile-layout caches, hence the
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
 
 from bdiff import masks
-from bdiff.eval import speed_bench
+from bdiff.eval import speed_bench, stats
 from pallas_kernels.block_sparse_attention import plan as plan_lib
 
 
@@ -37,9 +36,9 @@ def main(argv=None) -> None:
       times.append(time.perf_counter() - start)
     kind = plan_lib.tile_kinds(mask, args.tile, args.tile)
     listed = int((kind > plan_lib.EMPTY).sum())
-    print(f"| {block} | {1e3 * statistics.mean(times):.1f} ± {1e3 * statistics.stdev(times):.1f}"
-          f" ms | {listed} / {kind.size} = {100 * listed / kind.size:.1f} % | "
-          f"{int(np.asarray(plan.kv_count).max())} |")
+    ms = stats.mean_sd([1e3 * t for t in times])
+    share = f"{listed} / {kind.size} = {100 * listed / kind.size:.1f} %"
+    print(f"| {block} | {ms.format(1)} ms | {share} | {int(np.asarray(plan.kv_count).max())} |")
 
 
 if __name__ == "__main__":

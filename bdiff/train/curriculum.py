@@ -43,11 +43,6 @@ class StagedTrainStep:
     self._build, self._cfg = build, cfg
     self._steps: dict[int, Callable] = {}
 
-  @property
-  def compiled_block_sizes(self) -> list[int]:
-    """Block sizes whose step has been built so far."""
-    return sorted(self._steps)
-
   def compiles_at(self, step: int) -> bool:
     """Whether ``step`` opens a stage whose step is not built yet (the first step included)."""
     return block_size_at(self._cfg, step) not in self._steps
