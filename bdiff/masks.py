@@ -419,6 +419,13 @@ def sliding_window(q_len: int, kv_len: int, left: int, right: int = 0,
   return SlidingWindow(q_len, kv_len, left, right, q_offset)
 
 
+def block_starts(positions, block_size: int):
+  """[b, n] row index at which each token's block begins, blocks counted from each document's
+  first token (``positions`` restart at every document). The packed mask and the packed noise
+  (``bdiff.diffusion.corruption.token_blocks``) both derive their blocks from this."""
+  return np.arange(positions.shape[-1]) - positions % block_size
+
+
 def packed_bd3_training(positions, segment_ids, block_size: int, context_causal: bool = False):
   """Two-stream training mask of packed rows, blocks counted from each document's start.
 
@@ -445,7 +452,7 @@ def packed_bd3_training(positions, segment_ids, block_size: int, context_causal:
   idx = np.arange(2 * n)
   clean = idx >= n
   local = idx - n * clean  # both streams share a token's position and block
-  start = local[None, :] - positions[:, local] % block_size  # [b, 2n]
+  start = block_starts(positions, block_size)[:, local]  # [b, 2n]
   seg = segment_ids[:, local]
   qs, ks = start[:, :, None], start[:, None, :]
   qc, kc = clean[None, :, None], clean[None, None, :]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln, xlogy
 
+from bdiff import masks
 from bdiff.diffusion.schedules import Schedule
 
 # bd3lms' default lower clip; a lower bound at (or below) it means "no lower bound".
@@ -125,8 +126,7 @@ def token_blocks(positions, block_size: int):
   """
   if positions is None:
     return None
-  idx = jnp.arange(positions.shape[-1], dtype=jnp.int32)
-  return (idx - positions.astype(jnp.int32) % block_size) // block_size
+  return masks.block_starts(positions.astype(jnp.int32), block_size) // block_size
 
 
 def per_token(values_per_block, block_size: int, blocks=None):
