@@ -47,6 +47,8 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+import hf_fixture_references as refs
+
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "hf")
 TOKENIZER_VOCAB = 300
 TEXT_PROMPT = "def add(a, b):"
@@ -309,6 +311,156 @@ def check_export(export_dir: str, family: str) -> float:
     return float(np.abs(logits - g["logits"]).max())
 
 
+# LLaDA's config.json keys (OLMo-style, its configuration_llada.ModelConfig) for a tiny model
+# with the released checkpoints' switches: Llama blocks, SwiGLU ("silu" + up_proj), RMSNorm,
+# RoPE, an untied head, no biases; GQA and an embedding table padded past vocab_size (as OLMo
+# configs pad it) so the converter's handling of both is exercised.
+LLADA_MASK = "<|mdm_mask|>"
+LLADA_CONFIG = dict(
+    d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=128, mlp_ratio=4,
+    vocab_size=304, embedding_size=320, activation_type="silu", block_type="llama",
+    block_group_size=1, layer_norm_type="rms", layer_norm_with_affine=True,
+    bias_for_layer_norm=False, rms_norm_eps=1e-5, rope=True, rope_full_precision=True,
+    rope_theta=500000.0, alibi=False, flash_attention=False, attention_layer_norm=False,
+    input_emb_norm=False, scale_logits=False, weight_tying=False, include_bias=False,
+    include_qkv_bias=False, attention_dropout=0.0, residual_dropout=0.0, embedding_dropout=0.0,
+    max_sequence_length=256, init_fn="normal", init_std=0.25, eos_token_id=0, pad_token_id=0,
+    architectures=["LLaDAModelLM"])
+LLADA_AUTO_MAP = {"AutoConfig": "configuration_llada.LLaDAConfig",
+                  "AutoModel": "modeling_llada.LLaDAModelLM",
+                  "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"}
+# LLaDA's reference decode: generate.py's semi-autoregressive low-confidence remasking.
+LLADA_DECODE = dict(gen_length=16, steps=16, block_lengths=(8, 16), prompt_lengths=(5, 8))
+# Dream's reference decode: diffusion_generate, greedy, one step per generated token.
+DREAM_DECODE = dict(gen_length=8, steps=8, algs=("entropy", "maskgit_plus"),
+                    prompt_lengths=(5, 8), eps=1e-3)
+
+
+def text(value: str) -> np.ndarray:
+  """A string setting as a numpy unicode scalar (loads without pickle)."""
+  return np.array(value)
+
+
+@torch.no_grad()
+def make_llada(tok: Tokenizer, seed: int, code_dir: str) -> dict:
+  """LLaDA through its own modeling code: weights, golden logits under its full attention, and
+  its reference semi-autoregressive decode (decode.npz)."""
+  tok = Tokenizer.from_str(tok.to_str())
+  tok.add_special_tokens([LLADA_MASK])
+  mask_id = tok.token_to_id(LLADA_MASK)
+  model, reference = refs.llada_model(code_dir, dict(LLADA_CONFIG, mask_token_id=mask_id), seed)
+  out = os.path.join(OUT, "llada")
+  save(model, tok, out, None)
+  path = os.path.join(out, "config.json")
+  with open(path, encoding="utf-8") as f:
+    hf = json.load(f)
+  hf.update(auto_map=LLADA_AUTO_MAP, use_cache=False)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(hf, f, indent=2)
+  rng = np.random.default_rng(seed)
+  input_ids = rng.integers(4, TOKENIZER_VOCAB, size=(2, 12))
+  input_ids = np.where(rng.random((2, 12)) < 0.4, mask_id, input_ids)
+  logits = model(torch.tensor(input_ids)).logits.float().numpy()  # no attention_mask: full
+  np.savez(os.path.join(out, "golden.npz"), input_ids=input_ids.astype(np.int32),
+           logits=logits.astype(np.float32), block_size=np.int32(0), mask_id=np.int32(mask_id))
+  prompts = [list(rng.integers(4, TOKENIZER_VOCAB, size=k)) for k in LLADA_DECODE["prompt_lengths"]]
+  decode = llada_decode(model, reference, prompts, mask_id)
+  np.savez(os.path.join(out, "decode.npz"), **decode)
+  return {"family": "llada", "mask_id": mask_id, "selection_gap": float(decode["selection_gap"]),
+          "argmax_gap": float(decode["argmax_gap"]), "bytes": sum(
+              os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))}
+
+
+def llada_decode(model, reference, prompts: list, mask_id: int) -> dict:
+  """LLaDA's ``generate`` (ML-GSAI/LLaDA generate.py) on each prompt alone, at each block
+  length: temperature 0, ``low_confidence`` remasking, no classifier-free guidance, steps =
+  gen_length (one token per step)."""
+  s = LLADA_DECODE
+  runs, generated, traces, gaps = [], [], [], []
+  for block in s["block_lengths"]:
+    for i, prompt in enumerate(prompts):
+      x = torch.tensor([prompt])
+      rec = refs.Recorder(model)
+      final = reference.generate(model, x, steps=s["steps"], gen_length=s["gen_length"],
+                                 block_length=block, temperature=0.0, cfg_scale=0.0,
+                                 remasking="low_confidence", mask_id=mask_id)
+      rec.close()
+      per_block = s["steps"] // (s["gen_length"] // block)
+      trace, sel_gap, arg_gap = refs.trace_and_gaps(
+          rec.calls, final, mask_id, refs.llada_low_confidence,
+          lambda step, n=len(prompt), b=block, k=per_block: n + (step // k + 1) * b, len(prompt))
+      runs.append((i, block))
+      generated.append(final[0, len(prompt):].numpy())
+      traces.append(trace)
+      gaps.append((sel_gap, arg_gap))
+  return dict(
+      about=text("LLaDA reference decode: ML-GSAI/LLaDA generate.py generate(model, prompt, "
+                 "steps, gen_length, block_length, temperature=0, cfg_scale=0, "
+                 "remasking='low_confidence', mask_id), one prompt per call; run r decodes "
+                 "prompts[run_prompt[r]] (ids >= 0) with block length run_block_length[r]; "
+                 "trace[r, s] is the generated region after step s"),
+      prompts=pad(prompts), run_prompt=np.int32([r[0] for r in runs]),
+      run_block_length=np.int32([r[1] for r in runs]), generated=np.stack(generated).astype(
+          np.int32), trace=np.stack(traces), gen_length=np.int32(s["gen_length"]),
+      steps=np.int32(s["steps"]), temperature=np.float32(0.0), cfg_scale=np.float32(0.0),
+      remasking=text("low_confidence"), mask_id=np.int32(mask_id),
+      selection_gap=np.float32(min(g[0] for g in gaps)),
+      argmax_gap=np.float32(min(g[1] for g in gaps)))
+
+
+@torch.no_grad()
+def make_dream_decode(code_dir: str, seed: int) -> dict:
+  """Dream's ``diffusion_generate`` (its generation_utils.py) on the Dream fixture, greedy,
+  for each confidence rule; the reference model is first checked against golden.npz."""
+  out = os.path.join(OUT, "dream")
+  model, gen_config = refs.dream_model(code_dir, out)
+  with np.load(os.path.join(out, "golden.npz")) as g:
+    mask_id = int(g["mask_id"])
+    logits = model(torch.tensor(g["input_ids"]).long(), "full", None).logits.numpy()
+    check = float(np.abs(logits - g["logits"]).max())
+  if check > 1e-4:
+    sys.exit(f"Dream's modeling code disagrees with golden.npz by {check:.2e}")
+  s = DREAM_DECODE
+  rng = np.random.default_rng(seed)
+  prompts = [list(rng.integers(4, TOKENIZER_VOCAB, size=k)) for k in s["prompt_lengths"]]
+  runs, generated, traces, gaps = [], [], [], []
+  for alg in s["algs"]:
+    for i, prompt in enumerate(prompts):
+      config = gen_config(mask_token_id=mask_id, pad_token_id=0, eos_token_id=0,
+                          max_new_tokens=s["gen_length"], steps=s["steps"], eps=s["eps"],
+                          temperature=0.0, top_p=None, top_k=None, alg=alg, alg_temp=0.0)
+      rec = refs.Recorder(model)
+      final = model.diffusion_generate(torch.tensor([prompt]), generation_config=config)
+      rec.close()
+      trace, sel_gap, arg_gap = refs.trace_and_gaps(
+          rec.calls, final, mask_id, refs.dream_scores(alg), lambda step: final.shape[1],
+          len(prompt))
+      runs.append((i, alg))
+      generated.append(final[0, len(prompt):].numpy())
+      traces.append(trace)
+      gaps.append((sel_gap, arg_gap))
+  np.savez(os.path.join(out, "decode.npz"), **dict(
+      about=text("Dream reference decode: Dream generation_utils.py diffusion_generate with "
+                 "max_new_tokens=gen_length, steps, eps, temperature=0, top_p=None, top_k=None, "
+                 "alg=run_alg[r], alg_temp=0, one prompt per call, no attention mask (full "
+                 "attention), logits token-shifted as Dream does; run r decodes "
+                 "prompts[run_prompt[r]] (ids >= 0); trace[r, s] is the generated region after "
+                 "step s (steps that commit nothing leave it unchanged)"),
+      prompts=pad(prompts), run_prompt=np.int32([r[0] for r in runs]),
+      run_alg=np.array([r[1] for r in runs]), generated=np.stack(generated).astype(np.int32),
+      trace=np.stack(traces), gen_length=np.int32(s["gen_length"]), steps=np.int32(s["steps"]),
+      eps=np.float32(s["eps"]), temperature=np.float32(0.0), mask_id=np.int32(mask_id),
+      reference_logits_max_diff=np.float32(check),
+      selection_gap=np.float32(min(g[0] for g in gaps)),
+      argmax_gap=np.float32(min(g[1] for g in gaps))))
+  return {"family": "dream_decode", "logits_check": check,
+          "selection_gap": min(g[0] for g in gaps), "argmax_gap": min(g[1] for g in gaps)}
+
+
+def option(name: str) -> str | None:
+  return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
+
+
 def main() -> None:
   if "--check_export" in sys.argv:
     export_dir = sys.argv[sys.argv.index("--check_export") + 1]
@@ -316,15 +468,40 @@ def main() -> None:
     print(json.dumps({"export": export_dir, "family": family,
                       "max_abs_diff": check_export(export_dir, family)}))
     return
+  only = set((option("--only") or ",".join(ALL_FIXTURES)).split(","))
+  if only - set(ALL_FIXTURES):
+    sys.exit(f"--only: unknown {sorted(only - set(ALL_FIXTURES))}; fixtures are {ALL_FIXTURES}")
   tok = make_tokenizer()
-  for seed, name in enumerate(sorted(FAMILIES)):
-    info = make_family(name, tok, seed)
-    print(json.dumps(info))
-    if info["min_margin"] < 1e-3:
-      sys.exit(f"{name}: greedy margin {info['min_margin']:.2e} is too small for a stable test")
   # Fixed seeds: adding a family leaves the others' fixtures unchanged.
+  for seed, name in enumerate(sorted(FAMILIES)):
+    if name in only:
+      info = make_family(name, tok, seed)
+      print(json.dumps(info))
+      if info["min_margin"] < 1e-3:
+        sys.exit(f"{name}: greedy margin {info['min_margin']:.2e} is too small for a stable test")
   for seed, name in enumerate(("fast_dllm_v2", "sdar", "dream"), start=len(FAMILIES)):
-    print(json.dumps(make_block_family(name, tok, seed)))
+    if name in only:
+      print(json.dumps(make_block_family(name, tok, seed)))
+  seed = len(FAMILIES) + 3
+  for name, make in (("llada", lambda: make_llada(tok, seed, required("--llada_code"))),
+                     ("dream_decode", lambda: make_dream_decode(required("--dream_code"),
+                                                                seed + 1))):
+    if name in only:
+      info = make()
+      print(json.dumps(info))
+      if min(info["selection_gap"], info["argmax_gap"]) < 1e-3:
+        sys.exit(f"{name}: a reference decision is within 1e-3 of a tie: {info}")
+
+
+def required(name: str) -> str:
+  value = option(name)
+  if value is None:
+    sys.exit(f"{name} DIR is needed (the family's reference code; see the docstring)")
+  return value
+
+
+ALL_FIXTURES = ("llama", "qwen2", "qwen3", "fast_dllm_v2", "sdar", "dream", "llada",
+                "dream_decode")
 
 
 if __name__ == "__main__":
