@@ -26,7 +26,7 @@ setup(
     extras_require={
         "dev": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
         "hf": ["tokenizers>=0.20", "safetensors", "jinja2>=3.1"],
-        "gpu": ["jax[cuda12]>=0.11.2,<0.12"],
+        "gpu": ["jax[cuda12]>=0.11.2,<0.12", "tokamax==0.0.17"],
         "tpu": ["jax[tpu]>=0.11.2,<0.12"],
     },
     entry_points={"console_scripts": ["bdiff=bdiff.cli:main"]},

@@ -9,6 +9,11 @@ Backends:
     construction, the empty-row guard) is tested, on CPU through jax's XLA implementation.
   * ``"pallas"``: the block-sparse kernels of ``pallas_kernels.block_sparse_attention``, driven
     by the sparsity plan built from the mask object.
+  * ``"tokamax"``: tokamax's Mosaic GPU flash attention (openxla/tokamax, sm80/sm90/sm100),
+    an optional dependency (``pip install -e .[gpu]``) imported when called. The mask goes in
+    the per-row key-range form of :mod:`bdiff.mask_ranges`, exact for every mask; explicit
+    arrays and segment ids go in its dense bool mask. **Untested on GPU**: its wrapper logic
+    (mask fields, the empty-row guard) is tested on CPU through tokamax's XLA implementation.
 
 Empty-row contract, on every backend: a query row with no allowed key returns 0 (and, with an
 LSE, -inf), never NaN and never the mean of V; its gradients are 0. The xla backend and the
@@ -23,14 +28,16 @@ only). ``segment_ids=(q_seg [b, q], kv_seg [b, kv])`` restricts attention to equ
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from bdiff import mask_ranges
 from bdiff import masks as masks_lib
 from pallas_kernels.block_sparse_attention import api
 
-IMPLS = ("xla", "cudnn", "pallas")
+IMPLS = ("xla", "cudnn", "pallas", "tokamax")
 
 
 def _check_shapes(q, k, v) -> None:
@@ -134,10 +141,18 @@ def fused_attention(q, k, v, mask=None, *, segment_ids=None, scale=None,
     return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=is_causal,
                                         implementation=implementation)
   arr = jnp.broadcast_to(arr, (q.shape[0],) + arr.shape[1:])  # [b, h or 1, q, kv]
-  has_key = jnp.any(arr, axis=-1, keepdims=True)
-  out = jax.nn.dot_product_attention(q, k, v, mask=arr | ~has_key, scale=scale,
+  has_key = jnp.any(arr, axis=-1)
+  out = jax.nn.dot_product_attention(q, k, v, mask=arr | ~has_key[..., None], scale=scale,
                                      implementation=implementation)
-  keep = has_key.transpose(0, 2, 1, 3)  # [b, q, h or 1, 1], as out [b, q, h, d]
+  return _zero_rows_without_key(out, has_key)
+
+
+def _zero_rows_without_key(out, has_key):
+  """out [b, q, h, d] with 0 on the rows where has_key [b or 1, h or 1, q] is False.
+
+  The ``where`` also sends those rows a zero cotangent, so their gradients are 0 too.
+  """
+  keep = jnp.asarray(has_key).transpose(0, 2, 1)[..., None]  # [b, q, h or 1, 1]
   return jnp.where(keep, out, jnp.zeros_like(out))
 
 
@@ -157,6 +172,111 @@ def pallas_attention(q, k, v, mask, *, segment_ids=None, scale=None, backend=Non
                                     backend=backend)
 
 
+class TokamaxMask(NamedTuple):
+  """The fields of tokamax's ``Mask`` (None = part absent), every row given a key.
+
+  ``k_start``/``k_end`` int32 [1, 1, q] or [b, 1, q]; ``causal`` (offset, window) or None;
+  ``bool_mask`` [b or 1, h or 1, q, kv]; ``has_key`` [b or 1, h or 1, q] (None: every row has
+  a key), the rows whose output is real (the others were opened to every key and are zeroed).
+  """
+  bool_mask: jax.Array | None
+  k_start: jax.Array | None
+  k_end: jax.Array | None
+  causal: tuple[int, int | None] | None
+  has_key: jax.Array | None
+
+
+def tokamax_mask(mask, q_len: int, kv_len: int, segment_ids=None) -> TokamaxMask:
+  """``mask`` (a :mod:`bdiff.masks` object, an explicit bool array or None) and
+  ``segment_ids`` as tokamax ``Mask`` fields, exact, with no row left empty.
+
+  A fused kernel may return NaN or the mean of V on a row with no key, so such rows are opened
+  to every key here and zeroed after the call (the empty-row contract). A mask object alone is
+  translated on the host (:func:`bdiff.mask_ranges.to_ranges`); explicit arrays and segment ids
+  are runtime values, so they join the dense bool mask, and the static ranges still bound it.
+  """
+  if isinstance(mask, masks_lib.Mask):
+    if mask.shape != (q_len, kv_len):
+      raise ValueError(f"mask shape {mask.shape} does not match (q_len, kv_len)="
+                       f"{(q_len, kv_len)}")
+    form, runtime = mask_ranges.to_ranges(mask), None
+  else:
+    form = mask_ranges.RangeForm(q_len, kv_len)
+    runtime = _as_bool_array(mask, q_len, kv_len, None)
+  if segment_ids is not None:
+    seg = masks_lib.segment_mask(segment_ids[0], segment_ids[1])[:, None]
+    runtime = seg if runtime is None else runtime & seg
+  if runtime is None:
+    return _static_tokamax_mask(form)
+  if isinstance(mask, masks_lib.Mask):
+    runtime = runtime & mask.jnp_array()[None, None]
+  return _runtime_tokamax_mask(form, runtime)
+
+
+def _static_tokamax_mask(form: mask_ranges.RangeForm) -> TokamaxMask:
+  """Fields of a host-side form; the causal part is kept (tokamax's fast path) unless a row
+  has to be opened."""
+  has_key = form.rows_with_key()
+  if not has_key.all():
+    form = form.opened(~has_key)
+  as_rows = lambda x: None if x is None else jnp.asarray(x)[None, None]  # [1, 1, q(, kv)]
+  causal = None if form.causal_offset is None else (form.causal_offset, form.causal_window)
+  return TokamaxMask(as_rows(form.bool_mask), as_rows(form.k_start), as_rows(form.k_end),
+                     causal, None if has_key.all() else as_rows(has_key))
+
+
+def _runtime_tokamax_mask(form: mask_ranges.RangeForm, allowed) -> TokamaxMask:
+  """Fields when the rule holds runtime parts: ``allowed`` [b or 1, h or 1, q, kv] is the whole
+  rule and goes in the bool mask; the host-side ranges only bound the tiles tokamax visits."""
+  has_key = jnp.any(allowed, axis=-1)  # [b or 1, h or 1, q]
+  lo, hi = (jnp.asarray(x, jnp.int32) for x in form.row_bounds())
+  row_open = ~jnp.all(has_key, axis=1, keepdims=True)  # [b or 1, 1, q]: some head has no key
+  return TokamaxMask(allowed | ~has_key[..., None], jnp.where(row_open, 0, lo),
+                     jnp.where(row_open, form.kv_len, hi), None, has_key)
+
+
+def _import_tokamax():
+  """tokamax's attention op table and mask classes (``_src`` paths: tokamax 0.0.17 exports the
+  Mosaic GPU op class but not the ``Mask`` with per-row key ranges)."""
+  try:
+    from tokamax._src.ops.attention import api as tk_api  # pylint: disable=import-outside-toplevel
+    from tokamax._src.ops.attention import base as tk_base  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError('impl="tokamax" needs the optional tokamax package: pip install -e '
+                      '.[gpu] (or pip install tokamax)') from e
+  return tk_api, tk_base
+
+
+def tokamax_attention(q, k, v, mask=None, *, segment_ids=None, scale=None,
+                      implementation: str = "mosaic_gpu"):
+  """tokamax flash attention under a bdiff mask; clear errors where tokamax cannot run it.
+
+  ``implementation``: a tokamax implementation name: "mosaic_gpu" (what ``impl="tokamax"``
+  runs; sm80/sm90/sm100 GPUs) or "xla" (tokamax's reference, which runs on CPU: the tests use
+  it to exercise this wrapper). Untested on GPU (no GPU run yet).
+  """
+  _check_shapes(q, k, v)
+  if implementation == "mosaic_gpu" and jax.default_backend() != "gpu":
+    raise ValueError(f'impl="tokamax" runs tokamax\'s Mosaic GPU attention, which needs an '
+                     f'NVIDIA GPU (sm80/sm90/sm100); running on "{jax.default_backend()}"; '
+                     f'use impl="xla" or "pallas"')
+  tk_api, tk_base = _import_tokamax()
+  if implementation not in tk_api.IMPLEMENTATIONS:
+    raise ValueError(f"tokamax implementation {implementation!r} is not available here; "
+                     f"available: {sorted(tk_api.IMPLEMENTATIONS)}")
+  fields = tokamax_mask(mask, q.shape[1], k.shape[1], segment_ids)
+  causal = None if fields.causal is None else tk_base.CausalMask(*fields.causal)
+  tk_mask = tk_base.Mask(fields.bool_mask, causal_mask=causal, k_start=fields.k_start,
+                         k_end=fields.k_end)
+  try:
+    out = tk_api.IMPLEMENTATIONS[implementation](
+        q, k, v, mask=tk_mask, logits_scale=tk_base.AUTO if scale is None else float(scale))
+  except NotImplementedError as e:  # tokamax's way of saying "not on this device/input"
+    raise ValueError(f'impl="tokamax" ({implementation}) cannot run q{q.shape} {q.dtype}: '
+                     f"{e}") from e
+  return out if fields.has_key is None else _zero_rows_without_key(out, fields.has_key)
+
+
 def attend(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=None,
            backend: str | None = None):
   """Multi-head attention with GQA.
@@ -165,7 +285,7 @@ def attend(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=Non
     q: [batch, q_len, heads, head_dim].
     k, v: [batch, kv_len, kv_heads, head_dim]; heads % kv_heads == 0.
     mask: a :mod:`bdiff.masks` object, a bool array broadcastable to [b, (h,) q, kv], or None.
-    impl: "xla", "cudnn" or "pallas".
+    impl: "xla", "cudnn", "pallas" or "tokamax".
     segment_ids: optional (q_segment_ids [b, q], kv_segment_ids [b, kv]).
     scale: logit scale, default 1/sqrt(head_dim).
     backend: impl="pallas" only: kernel backend ("tpu", "tpu_interpret", "gpu",
@@ -182,4 +302,6 @@ def attend(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=Non
   if impl == "pallas":
     return pallas_attention(q, k, v, mask, segment_ids=segment_ids, scale=scale,
                             backend=backend)
+  if impl == "tokamax":
+    return tokamax_attention(q, k, v, mask, segment_ids=segment_ids, scale=scale)
   raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Lowest first. A module belongs to the first layer with a prefix that matches it.
 LAYERS = (
-    ("bdiff.masks", "bdiff.sharding", "bdiff.flops", "bdiff.distributed"),
+    ("bdiff.masks", "bdiff.mask_ranges", "bdiff.sharding", "bdiff.flops", "bdiff.distributed"),
     ("pallas_kernels",),
     ("bdiff.attention",),
     ("bdiff.models", "bdiff.diffusion", "bdiff.data"),

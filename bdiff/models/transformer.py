@@ -66,7 +66,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       dtype="bfloat16",        # compute dtype; params are always fp32
       scan_layers=True,
       remat="none",            # none | full | dots
-      attention_impl="xla",    # xla | cudnn | pallas
+      attention_impl="xla",    # xla | cudnn | pallas | tokamax
       pallas_backend="",       # impl "pallas": "" = by platform | one of PALLAS_BACKENDS
   ))
 
@@ -84,8 +84,8 @@ def validate_model_config(cfg) -> None:
     raise ValueError(f"model.head_dim must be even for RoPE, got {cfg.head_dim}")
   if cfg.remat not in REMAT_POLICIES:
     raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {cfg.remat!r}")
-  if cfg.attention_impl not in ("xla", "cudnn", "pallas"):
-    raise ValueError(f"model.attention_impl must be xla, cudnn or pallas, got "
+  if cfg.attention_impl not in ("xla", "cudnn", "pallas", "tokamax"):
+    raise ValueError(f"model.attention_impl must be xla, cudnn, pallas or tokamax, got "
                      f"{cfg.attention_impl!r}")
   if cfg.pallas_backend not in ("",) + PALLAS_BACKENDS:
     raise ValueError(f"model.pallas_backend must be '' (by platform) or one of "
