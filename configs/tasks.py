@@ -10,9 +10,12 @@ few hundred steps (~2 min on 2 idle cores; docs/demo.md has the measured run).
 """
 from bdiff.config import base_config, parse_variant
 
+LEARNED_TASKS = ("copy,reverse,sort,shuffle,insert_index,remove_index,replace_index,"
+                 "latin_square")
+
 
 def get_config(arg: str | None = None):
-  variant = parse_variant(arg, "configs/tasks.py", block_size=(), size=("base", "demo"))
+  variant = parse_variant(arg, "configs/tasks.py", block_size=(), size=("base", "demo", "learned"))
   cfg = base_config()
   cfg.name = "tasks"
   cfg.model.update(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384,
@@ -40,6 +43,18 @@ def get_config(arg: str | None = None):
     # fused commit: the clean re-forward of a finished block rides on the next block's first
     # forward, so one-token-per-step decoding costs exactly one forward per token.
     cfg.sample.update(max_new_tokens=20, batch_size=48, commit="fused")
+  if variant.get("size") == "learned":
+    # The ParallelBench-style suite learned to >= 95 % per task at one token per forward
+    # (docs/task_model.md has the measured runs): the deterministic controls, and the tasks
+    # with many valid answers where parallel decoding is expected to collapse (shuffle, Latin
+    # square). block_size=52 (= seq_len) is the MDLM of the same size.
+    cfg.name = "tasks_learned"
+    cfg.diffusion.block_size = 4
+    cfg.data.update(tasks=LEARNED_TASKS, num_task_examples=20000)
+    # insert_index's longest example is 48 bytes + EOS.
+    cfg.train.update(steps=3000, seq_len=52, checkpoint_every=500, log_every=100)
+    cfg.eval.update(tasks=LEARNED_TASKS, num_examples=200, batch_size=100)
+    cfg.sample.update(max_new_tokens=20, batch_size=100)  # the longest answer + EOS
   if "block_size" in variant:
     cfg.diffusion.block_size = variant["block_size"]
   return cfg
