@@ -7,8 +7,11 @@ computed tiles. Timing: median wall-clock of ``--iters`` jitted calls after one 
 (compilation excluded), each synchronised with ``block_until_ready``.
 
 Kernels timed where they exist: the bdiff kernel (TPU; interpret mode only in ``--smoke``),
-cuDNN (GPU: ``is_causal`` for the causal mask, the explicit boolean mask for all), XLA (dense,
-up to ``--xla-max-len``), jax splash attention (TPU).
+cuDNN (GPU: ``is_causal`` for the causal mask, the explicit boolean mask for all), tokamax's
+Mosaic GPU flash attention (GPU, with the optional ``tokamax`` package; every mask object, in
+its exact per-row key-range form, so not the top-k plan), XLA (dense, up to ``--xla-max-len``),
+jax splash attention (TPU). A kernel that cannot run here is skipped with the reason printed.
+After the table, each kernel's time relative to the bdiff kernel's (> 1: bdiff is faster).
 
   python -m experiments.kernel_bench --out docs/kernel_bench_h100.md   # GPU or TPU
   python -m experiments.kernel_bench --smoke                           # CPU, < 30 s
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import importlib.util
 import statistics
 import time
 
@@ -28,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
-from bdiff import attention, masks
+from bdiff import attention, mask_ranges, masks
 from pallas_kernels.block_sparse_attention import api
 from pallas_kernels.block_sparse_attention import plan as plan_lib
 from pallas_kernels.block_sparse_attention import reference
@@ -95,12 +99,42 @@ def kernels_for(platform: str, mask, plan, args):
     if isinstance(mask, masks.Causal):
       out["cudnn causal"] = lambda: functools.partial(attention.cudnn_attention, mask=mask)
     out["cudnn mask"] = lambda: functools.partial(attention.cudnn_attention, mask=dense())
+  if mask is not None and tokamax_unavailable(platform) is None:
+    out["tokamax"] = lambda: functools.partial(attention.tokamax_attention, mask=mask)
   if plan.q_len <= args.xla_max_len:
     out["xla"] = lambda: functools.partial(attention.xla_attention,
                                            mask=mask if mask is not None else dense())
   if platform == "tpu" and mask is not None and plan.group_shape == (1, 1):
     out["splash"] = lambda: _splash(mask, args)
   return out
+
+
+def tokamax_tiles(mask, tile: int) -> tuple[int, int, int]:
+  """(tiles the mask needs, tiles tokamax's forward visits, tiles its backward visits) on
+  ``tile x tile`` tiles.
+
+  tokamax's forward visits, per query tile, the key tiles in [min k_start, max k_end) of its
+  rows; its backward skips tiles only for the plain causal mask (tokamax 0.0.17's Mosaic GPU
+  kernels). The ranges are the exact ones ``impl="tokamax"`` passes.
+  """
+  form = mask_ranges.to_ranges(mask)
+  lo, hi = form.row_bounds()
+  nq, nk = -(-mask.q_len // tile), -(-mask.kv_len // tile)
+  fwd = sum(max(0, -(-int(hi[i:i + tile].max()) // tile) - int(lo[i:i + tile].min()) // tile)
+            for i in range(0, mask.q_len, tile))
+  needed = int(np.sum(mask.tile_layout(tile, tile) != masks.EMPTY))
+  plain_causal = (form.causal_offset, form.causal_window, form.k_end) == (0, None, None)
+  return needed, fwd, needed if plain_causal else nq * nk
+
+
+def tokamax_unavailable(platform: str) -> str | None:
+  """Why the tokamax rows cannot run here, or None."""
+  if platform != "gpu":
+    return (f"platform {platform!r}: tokamax's Mosaic GPU attention needs an NVIDIA GPU "
+            "(sm80/sm90/sm100)")
+  if importlib.util.find_spec("tokamax") is None:
+    return "the optional tokamax package is not installed (pip install -e .[gpu])"
+  return None
 
 
 def _plan_mask(plan):
@@ -123,6 +157,8 @@ def run(args) -> list[dict]:
   platform = jax.default_backend()
   dtype = jnp.dtype(args.dtype)
   rows = []
+  if (reason := tokamax_unavailable(platform)) is not None:
+    print(f"  skip tokamax (every mask): {reason}")
   for seq_len in args.seq_lens:
     for name in args.masks:
       mask, plan = make_plan(name, seq_len, args.batch, args.heads, args.tile, args.topk_share)
@@ -131,6 +167,10 @@ def run(args) -> list[dict]:
         pairs, tile_elems = pairs * args.batch * args.heads, tile_elems * args.batch * args.heads
       fwd_flops = 4 * args.head_dim * pairs
       tile_flops = 4 * args.head_dim * tile_elems
+      if mask is not None:
+        needed, fwd, bwd = tokamax_tiles(mask, args.tile)
+        print(f"  {name} T={seq_len}: {needed} tiles needed; tokamax visits {fwd} forward, "
+              f"{bwd} backward")
       keys = jax.random.split(jax.random.key(1), 4)
       shape = (args.batch, seq_len, args.heads, args.head_dim)
       q, k, v, w = (jax.random.normal(key, shape, jnp.float32).astype(dtype) for key in keys)
@@ -164,6 +204,15 @@ def format_row(r: dict) -> str:
           f"{r['ms']:.3f} | {r['useful']:.3g} | {tile} |")
 
 
+def ratios(rows: list[dict]) -> list[str]:
+  """One markdown line per non-bdiff row: its time over the bdiff kernel's on the same case."""
+  bdiff_ms = {(r["mask"], r["T"], r["mode"]): r["ms"] for r in rows if r["kernel"] == "bdiff"}
+  return [f"- {r['mask']} T={r['T']} {r['mode']}: {r['kernel']} time / bdiff time = "
+          f"{r['ms'] / bdiff_ms[key]:.2f}"
+          for r in rows if r["kernel"] != "bdiff"
+          and (key := (r["mask"], r["T"], r["mode"])) in bdiff_ms]
+
+
 def markdown(rows: list[dict], args) -> str:
   device = jax.devices()[0]
   lines = [
@@ -176,7 +225,10 @@ def markdown(rows: list[dict], args) -> str:
       + (" (smoke: interpret mode, timings meaningless)" if args.smoke else ""),
       "- useful = 4·D·allowed pairs (×3.5 for fwd+bwd); tile = 4·D·computed tile elements",
       "", HEADER, "|" + "---|" * 8]
-  return "\n".join(lines + [format_row(r) for r in rows]) + "\n"
+  ratio_lines = ratios(rows)
+  ratio_lines = ["", "Time relative to the bdiff kernel (> 1: bdiff is faster):", ""] + (
+      ratio_lines) if ratio_lines else []
+  return "\n".join(lines + [format_row(r) for r in rows] + ratio_lines) + "\n"
 
 
 def parse_args(argv=None):
@@ -206,6 +258,7 @@ def main(argv=None):
   args = parse_args(argv)
   print(HEADER)
   rows = run(args)
+  print("\n".join(ratios(rows)))
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
       f.write(markdown(rows, args))

@@ -11,6 +11,7 @@ import pytest
 
 from bdiff import attention, mask_ranges, masks
 from bdiff.models import transformer
+from experiments import kernel_bench
 
 HAS_TOKAMAX = importlib.util.find_spec("tokamax") is not None
 needs_tokamax = pytest.mark.skipif(not HAS_TOKAMAX, reason="optional tokamax package absent "
@@ -210,3 +211,27 @@ def test_tokamax_wrapper_matches_xla(case):
   for g, w in zip(got, want):
     assert np.isfinite(g).all()
     np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+
+
+# --- The benchmark's tokamax row (experiments/kernel_bench.py). ---
+
+
+def test_bench_counts_the_tiles_tokamax_visits():
+  """Counted independently on 128 x 128 tiles at n=2048, block 16: BD3 needs 288 tiles and
+  tokamax visits 408 forward, 1024 backward; block-causal 136, 136 and 256."""
+  assert kernel_bench.tokamax_tiles(masks.bd3_training(2048, 16), 128) == (288, 408, 1024)
+  assert kernel_bench.tokamax_tiles(masks.block_causal(2048, 2048, 16), 128) == (136, 136, 256)
+  assert kernel_bench.tokamax_tiles(masks.causal(2048), 128) == (136, 136, 136)
+
+
+def test_bench_runs_tokamax_only_where_it_can(monkeypatch):
+  assert "platform 'cpu'" in kernel_bench.tokamax_unavailable("cpu")
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+  assert "pip install -e .[gpu]" in kernel_bench.tokamax_unavailable("gpu")
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+  args = kernel_bench.parse_args(["--smoke"])
+  mask, plan = kernel_bench.make_plan("bd3_16", 256, 1, 2, 64, 0.25)
+  built = kernel_bench.kernels_for("gpu", mask, plan, args)["tokamax"]()
+  assert built.func is attention.tokamax_attention and built.keywords == {"mask": mask}
+  # A run-time top-k plan has no mask object to translate.
+  assert "tokamax" not in kernel_bench.kernels_for("gpu", None, plan, args)
