@@ -15,7 +15,10 @@ under a block-causal mask and without token shift. Fast-dLLM v2 (NVlabs/Fast-dLL
 same mask with token shift (position i - 1 predicts token i). Dream (HKUNLP/Dream; Ye et al.
 2025, "Dream 7B") ships Qwen2.5 weights as ``DreamModel`` with ``mask_token_id``, read with
 full bidirectional attention (its attention sets ``is_causal = False``) and token shift; it has
-no block size (the whole sequence is one diffusion window).
+no block size (the whole sequence is one diffusion window). LLaDA (ML-GSAI/LLaDA; Nie et al.
+2025, "Large Language Diffusion Models") ships Llama-style layers as ``LLaDAModelLM`` under its
+own OLMo-style config keys and tensor names (``bdiff.convert.llada``, ``layout``), read with
+full bidirectional attention, no token shift and its in-vocabulary ``<|mdm_mask|>``.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import os
 
 import ml_collections
 
+from bdiff.convert import layout, llada
 from bdiff.models import default_model_config
 
 # architectures[0] -> (model_type, q/k/v bias, per-head q/k norm)
@@ -35,6 +39,7 @@ FAMILIES = {
     "SDARForCausalLM": ("sdar", False, True),
     "Fast_dLLM_QwenForCausalLM": ("Fast_dLLM_Qwen", True, False),
     "DreamModel": ("Dream", True, False),
+    llada.ARCHITECTURE: (llada.MODEL_TYPE, False, False),  # its own keys: bdiff.convert.llada
 }
 
 
@@ -59,6 +64,8 @@ BLOCK_FAMILIES = {
                                    ("first_token_from_commit", True)), sub_block=8),
     # Dream's diffusion_generate decodes the whole sequence at once (entropy-ordered).
     "Dream": BlockFamily(None, "<|mask|>", True, (("strategy", "dream"),)),
+    # LLaDA's generate.py: low_confidence remasking on a fixed per-block schedule.
+    llada.MODEL_TYPE: BlockFamily(None, "<|mdm_mask|>", False, (("strategy", "static"),)),
 }
 ROPE_TYPES = ("default", "llama3")
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
@@ -138,21 +145,14 @@ def model_config_from_hf(hf: dict, tokenizer_mask_id: int | None = None
   ``tokenizer_mask_id`` (its mask token looked up in the tokenizer).
   """
   name = family(hf)
-  _, qkv_bias, qk_norm = FAMILIES[hf["architectures"][0]]
-  _check_unsupported(hf, name)
-  theta, scaling = _rope(hf)
-  heads = int(hf["num_attention_heads"])
+  if name == llada.MODEL_TYPE:
+    fields, scaling = llada.model_fields(hf), {"type": "none"}
+  else:
+    fields, scaling = _llama_fields(hf, name)
   dtype = hf.get("dtype", hf.get("torch_dtype")) or "float32"
   cfg = default_model_config()
   cfg.update(
-      vocab_size=int(hf["vocab_size"]), d_model=int(hf["hidden_size"]),
-      n_layers=int(hf["num_hidden_layers"]), n_heads=heads,
-      n_kv_heads=int(hf.get("num_key_value_heads") or heads),
-      head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads),
-      mlp_dim=int(hf["intermediate_size"]), rope_theta=theta,
-      norm_eps=float(hf.get("rms_norm_eps", 1e-6)), qk_norm=qk_norm, qkv_bias=qkv_bias,
-      tie_embeddings=bool(hf.get("tie_word_embeddings", False)), tied_logit_scale=False,
-      mask_token_id=-1, vocab_from_tokenizer=False,
+      fields, tied_logit_scale=False, mask_token_id=-1, vocab_from_tokenizer=False,
       vocab_pad_multiple=128,  # [MASK] makes the table odd; keep it splittable over tensor
       dtype="bfloat16" if dtype == "bfloat16" else "float32")
   cfg.rope_scaling.update(scaling)
@@ -161,6 +161,29 @@ def model_config_from_hf(hf: dict, tokenizer_mask_id: int | None = None
     cfg.mask_token_id = _block_key({"mask_token_id": tokenizer_mask_id, **hf}, "mask_token_id",
                                    cfg.vocab_size)
   return cfg
+
+
+def _llama_fields(hf: dict, name: str) -> tuple[dict, dict]:
+  """(model keys, rope scaling) of a Llama/Qwen-layout config."""
+  _, qkv_bias, qk_norm = FAMILIES[hf["architectures"][0]]
+  _check_unsupported(hf, name)
+  theta, scaling = _rope(hf)
+  heads = int(hf["num_attention_heads"])
+  return dict(
+      vocab_size=int(hf["vocab_size"]), d_model=int(hf["hidden_size"]),
+      n_layers=int(hf["num_hidden_layers"]), n_heads=heads,
+      n_kv_heads=int(hf.get("num_key_value_heads") or heads),
+      head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads),
+      mlp_dim=int(hf["intermediate_size"]), rope_theta=theta,
+      norm_eps=float(hf.get("rms_norm_eps", 1e-6)), qk_norm=qk_norm, qkv_bias=qkv_bias,
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False))), scaling
+
+
+def max_positions(hf: dict) -> int:
+  """The checkpoint's context length (0 when config.json does not say)."""
+  if family(hf) == llada.MODEL_TYPE:
+    return llada.max_positions(hf)
+  return int(hf.get("max_position_embeddings") or 0)
 
 
 def _block_key(hf: dict, key: str, bound: int) -> int:
@@ -181,7 +204,8 @@ def block_size(hf: dict) -> int:
 
 
 def attention_regime(hf: dict) -> str:
-  """block_causal (AR and block-diffusion families) or bidirectional (no block size: Dream)."""
+  """block_causal (AR and block-diffusion families) or bidirectional (no block size: Dream,
+  LLaDA)."""
   name = family(hf)
   blockless = name in BLOCK_FAMILIES and BLOCK_FAMILIES[name].block_key is None
   return "bidirectional" if blockless else "block_causal"
@@ -192,8 +216,11 @@ def hf_config_from_model(model_cfg, base: dict | None, dtype: str, block: int = 
   checkpoint's own config, whose other keys such as token ids are kept), else a Llama/Qwen
   config chosen by the model's switches. A model with its own [MASK] token is written as SDAR
   (q/k norms) or Fast-dLLM v2 (q/k/v biases), with its block size ``block`` under the family's
-  key and its ``mask_token_id``."""
+  key and its ``mask_token_id``. A bidirectional model is written as Dream (q/k/v biases) or
+  LLaDA (none), in LLaDA's own config keys."""
   arch = _architecture(model_cfg)
+  if arch == llada.ARCHITECTURE:
+    return llada.hf_config(model_cfg, base, dtype)
   out = dict(base or {})
   out.pop("rope_scaling", None)
   out.pop("rope_parameters", None)
@@ -216,10 +243,10 @@ def hf_config_from_model(model_cfg, base: dict | None, dtype: str, block: int = 
 
 def _architecture(model_cfg) -> str:
   if model_cfg.attention == "bidirectional":
-    if model_cfg.mask_token_id < 0 or not model_cfg.qkv_bias or model_cfg.qk_norm:
-      raise ValueError("a bidirectional model (model.attention) exports as Dream, which needs "
-                       "its own mask token, model.qkv_bias=True and model.qk_norm=False")
-    return "DreamModel"
+    if model_cfg.mask_token_id < 0 or model_cfg.qk_norm:
+      raise ValueError("a bidirectional model (model.attention) exports as Dream or LLaDA, which "
+                       "need its own mask token (model.mask_token_id) and model.qk_norm=False")
+    return llada.ARCHITECTURE if layout.uses_llada_names(model_cfg) else "DreamModel"
   if model_cfg.mask_token_id >= 0:
     arch = {(False, True): "SDARForCausalLM", (True, False): "Fast_dLLM_QwenForCausalLM"}.get(
         (model_cfg.qkv_bias, model_cfg.qk_norm))

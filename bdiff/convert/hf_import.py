@@ -96,7 +96,7 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
     cfg.sample.sub_block = math.gcd(block_family.sub_block, cfg.diffusion.block_size)
   cfg.sample.prompt_prefix = "bos" if _tokenizer_config(hf_dir).get("bos_token") else "none"
   # The checkpoint's context, not bdiff's training window (train.seq_len), bounds its prompts.
-  cfg.sample.max_prompt_len = int(hf.get("max_position_embeddings") or 0)
+  cfg.sample.max_prompt_len = families.max_positions(hf)
   return cfg
 
 

@@ -6,6 +6,13 @@ a leading axis when ``model.scan_layers``, and may append a [MASK] row to the em
 :class:`TensorMap` turns any rectangular slice of a bdiff parameter into reads of only the HF
 rows/columns that slice needs (so a device's shard is read without the whole tensor), and turns
 a whole bdiff parameter back into HF tensors for export (pure transposes/reshapes: bit-exact).
+
+Two naming schemes hold the same layers: Llama/Qwen's (``model.layers.{i}.self_attn.q_proj``),
+used by every family but one, and LLaDA's OLMo-style one (ML-GSAI/LLaDA ``modeling_llada.py``:
+``model.transformer.blocks.{i}.q_proj``, ``attn_out`` for the output projection, ``ff_proj``
+for the SwiGLU gate, ``ff_out`` for the down projection and for the untied head, ``wte`` and
+``ln_f``). LLaDA is the bidirectional family without q/k/v biases; Dream, the one with them,
+keeps Qwen2's names (:func:`uses_llada_names`).
 """
 from __future__ import annotations
 
@@ -38,6 +45,24 @@ TOP_TENSORS = {
     ("final_norm", "scale"): ("model.norm.weight", "vector"),
     ("head", "kernel"): ("lm_head.weight", "linear_in"),
 }
+# The same parameters under LLaDA's names (inside model.transformer.blocks.{i}).
+LLADA_LAYER_TENSORS = {
+    ("attn_norm", "scale"): ("attn_norm.weight", "vector"),
+    ("attn", "q", "kernel"): ("q_proj.weight", "linear_in"),
+    ("attn", "k", "kernel"): ("k_proj.weight", "linear_in"),
+    ("attn", "v", "kernel"): ("v_proj.weight", "linear_in"),
+    ("attn", "o", "kernel"): ("attn_out.weight", "linear_out"),
+    ("mlp_norm", "scale"): ("ff_norm.weight", "vector"),
+    ("mlp", "gate", "kernel"): ("ff_proj.weight", "linear_in"),
+    ("mlp", "up", "kernel"): ("up_proj.weight", "linear_in"),
+    ("mlp", "down", "kernel"): ("ff_out.weight", "linear_in"),
+}
+LLADA_TOP_TENSORS = {
+    ("embed",): ("model.transformer.wte.weight", "embed"),
+    ("final_norm", "scale"): ("model.transformer.ln_f.weight", "vector"),
+    ("head", "kernel"): ("model.transformer.ff_out.weight", "linear_in"),
+}
+LAYER_PREFIX = {False: "model.layers", True: "model.transformer.blocks"}
 # Tensors some checkpoints carry that hold nothing bdiff needs (recomputed RoPE tables).
 IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -126,6 +151,11 @@ def _to_hf_layer(m: TensorMap, v: np.ndarray) -> np.ndarray:
   return v[:m.hf_rows]
 
 
+def uses_llada_names(model_cfg) -> bool:
+  """LLaDA's tensor names: a bidirectional model without q/k/v biases (Dream has them)."""
+  return model_cfg.attention == "bidirectional" and not model_cfg.qkv_bias
+
+
 def tensor_maps(abstract_params, model_cfg) -> list[TensorMap]:
   """A :class:`TensorMap` for every leaf of a bdiff params tree (ShapeDtypeStructs)."""
   maps = []
@@ -136,15 +166,20 @@ def tensor_maps(abstract_params, model_cfg) -> list[TensorMap]:
 
 
 def _map_leaf(keys: tuple[str, ...], shape: tuple[int, ...], model_cfg) -> TensorMap:
-  if keys in TOP_TENSORS:
-    name, kind = TOP_TENSORS[keys]
+  llada = uses_llada_names(model_cfg)
+  top, layer_tensors = ((LLADA_TOP_TENSORS, LLADA_LAYER_TENSORS) if llada
+                        else (TOP_TENSORS, LAYER_TENSORS))
+  if keys in top:
+    name, kind = top[keys]
     return TensorMap(keys, shape, (name,), kind, False, hf_rows=model_cfg.vocab_size)
   head, rest = keys[0], keys[1:]
-  if rest not in LAYER_TENSORS:
-    raise ValueError(f"bdiff parameter {'/'.join(keys)} has no Hugging Face counterpart")
-  name, kind = LAYER_TENSORS[rest]
+  if rest not in layer_tensors:
+    raise ValueError(f"bdiff parameter {'/'.join(keys)} has no Hugging Face counterpart"
+                     + (" in LLaDA's format" if llada else ""))
+  name, kind = layer_tensors[rest]
+  prefix = LAYER_PREFIX[llada]
   if head == "layers":  # nn.scan stack: one HF tensor per layer
-    names = tuple(f"model.layers.{i}.{name}" for i in range(shape[0]))
+    names = tuple(f"{prefix}.{i}.{name}" for i in range(shape[0]))
     return TensorMap(keys, shape, names, kind, True)
   layer = int(head.removeprefix("layer_"))
-  return TensorMap(keys, shape, (f"model.layers.{layer}.{name}",), kind, False)
+  return TensorMap(keys, shape, (f"{prefix}.{layer}.{name}",), kind, False)
