@@ -33,6 +33,22 @@ from Qwen2. Dream (HKUNLP/Dream) ships Qwen2.5 weights as ``DreamModel`` with ``
 and attends bidirectionally (``is_causal = False`` in its modeling_dream.py): its goldens are
 Qwen2 under an all-allowed mask.
 
+LLaDA (ML-GSAI/LLaDA, "Large Language Diffusion Models", 2025) is built and run with its own
+published modeling code, not a re-implementation: ``modeling_llada.py`` / ``configuration_llada.py``
+(an OLMo-style config and tensor names) and ``generate.py`` read from ``--llada_code DIR`` at
+generation time (where to get them: scripts/hf_fixture_references.py). Its fixture has GQA, a
+table padded past ``vocab_size`` (``embedding_size``) and ``<|mdm_mask|>`` added to the
+tokenizer; ``golden.npz`` holds its logits under full attention on inputs 40 % [MASK], and
+``decode.npz`` its reference ``generate`` (temperature 0, low_confidence remasking, steps =
+gen_length, block lengths 8 and 16). ``dream/decode.npz`` is Dream's reference
+``diffusion_generate`` (greedy, ``entropy`` and ``maskgit_plus``, steps = gen length) run with
+Dream's own modeling and generation code (``--dream_code DIR``) on the Dream fixture's weights,
+after checking that code reproduces ``dream/golden.npz``. Each decode.npz names every setting as
+a key, with per-step traces and how far its decisions were from a tie.
+
+``--only NAME[,NAME]`` writes only those fixtures (the others stay byte for byte as committed),
+e.g. ``--only llada,dream_decode --llada_code DIR --dream_code DIR``.
+
 ``--check_export DIR --family F`` loads a directory written by ``bdiff export`` with
 transformers and compares its logits with F's golden ones (how the exports were checked).
 """

@@ -2,7 +2,9 @@
 converted runs, made once per test module."""
 import json
 import os
+import shutil
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -64,3 +66,16 @@ def converted(tmp_path_factory):
     return runs[family]
 
   return get
+
+
+def unallocatable_copy(family: str, tmp_path, monkeypatch) -> str:
+  """A writable copy of a fixture checkpoint; allocating any parameter fails the test (errors
+  must come before anything is allocated)."""
+  hf_dir = str(tmp_path / "hf")
+  shutil.copytree(fixture_dir(family), hf_dir)
+
+  def no_allocation(*args, **kwargs):
+    raise AssertionError("a parameter was allocated before the checkpoint was checked")
+
+  monkeypatch.setattr(jax, "make_array_from_callback", no_allocation)
+  return hf_dir

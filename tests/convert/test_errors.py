@@ -4,26 +4,18 @@ import json
 import os
 import shutil
 
-import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
 from bdiff import convert
-from tests.convert.conftest import fixture_dir
+from tests.convert.conftest import fixture_dir, unallocatable_copy
 
 
 @pytest.fixture
 def qwen3_copy(tmp_path, monkeypatch):
   """A writable copy of the Qwen3 fixture; allocating any parameter fails the test."""
-  hf_dir = str(tmp_path / "hf")
-  shutil.copytree(fixture_dir("qwen3"), hf_dir)
-
-  def no_allocation(*args, **kwargs):
-    raise AssertionError("a parameter was allocated before the checkpoint was checked")
-
-  monkeypatch.setattr(jax, "make_array_from_callback", no_allocation)
-  return hf_dir
+  return unallocatable_copy("qwen3", tmp_path, monkeypatch)
 
 
 def edit_config(hf_dir, **changes):

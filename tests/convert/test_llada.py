@@ -5,18 +5,17 @@ by decision on the converted weights."""
 import functools
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 
 from bdiff import convert, masks, runs
 from bdiff.convert import families
 from bdiff.models import make_model
 from tests.convert.conftest import (assert_same_tensors, export_with_configs, fixture_dir,
-                                   golden)
+                                   golden, unallocatable_copy)
+from tests.convert.test_errors import edit_tensors
 from tests.convert.test_hf_parity import ATOL, RTOL
 
 MASK = 300  # <|mdm_mask|>, added after the 300 tokens of the fixture tokenizer
@@ -129,22 +128,7 @@ def test_llada_defaults_follow_its_model_config():
 
 @pytest.fixture
 def llada_copy(tmp_path, monkeypatch):
-  """A writable copy of the LLaDA fixture; allocating any parameter fails the test."""
-  hf_dir = str(tmp_path / "hf")
-  shutil.copytree(fixture_dir("llada"), hf_dir)
-
-  def no_allocation(*args, **kwargs):
-    raise AssertionError("a parameter was allocated before the checkpoint was checked")
-
-  monkeypatch.setattr(jax, "make_array_from_callback", no_allocation)
-  return hf_dir
-
-
-def edit_tensors(hf_dir, fn):
-  path = os.path.join(hf_dir, "model.safetensors")
-  tensors = load_file(path)
-  fn(tensors)
-  save_file(tensors, path, metadata={"format": "pt"})
+  return unallocatable_copy("llada", tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("edit,match", [
