@@ -75,6 +75,18 @@ def llada_model(code_dir: str, config: dict, seed: int):
   return model, load("generate")
 
 
+def llada_from_dir(code_dir: str, hf_dir: str):
+  """LLaDAModelLM holding a LLaDA directory's weights (read as a state dict: transformers 5's
+  ``from_pretrained`` expects a ``post_init`` that LLaDA's class does not call)."""
+  modeling = import_dir(code_dir, "llada_reference")("modeling_llada")
+  with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+    hf = json.load(f)
+  model = modeling.LLaDAModelLM(modeling.LLaDAConfig(**hf)).eval()
+  model.config.use_cache = False
+  model.load_state_dict(load_file(os.path.join(hf_dir, "model.safetensors")), strict=True)
+  return model
+
+
 def dream_model(code_dir: str, hf_dir: str):
   """(DreamModel holding the weights of ``hf_dir``, Dream's generation config class)."""
   load = import_dir(code_dir, "dream_reference")

@@ -50,7 +50,8 @@ a key, with per-step traces and how far its decisions were from a tie.
 e.g. ``--only llada,dream_decode --llada_code DIR --dream_code DIR``.
 
 ``--check_export DIR --family F`` loads a directory written by ``bdiff export`` with
-transformers and compares its logits with F's golden ones (how the exports were checked).
+transformers (LLaDA: with its own code, ``--llada_code DIR``) and compares its logits with F's
+golden ones (how the exports were checked).
 """
 from __future__ import annotations
 
@@ -320,8 +321,11 @@ def make_family(name: str, tok: Tokenizer, seed: int) -> dict:
 @torch.no_grad()
 def check_export(export_dir: str, family: str) -> float:
   """Max |logits - golden| of a ``bdiff export`` directory loaded by transformers."""
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      export_dir, attn_implementation="eager", dtype=torch.float32).eval()
+  if family == "llada":  # its own modeling code, as the fixture was made
+    model = refs.llada_from_dir(required("--llada_code"), export_dir)
+  else:
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        export_dir, attn_implementation="eager", dtype=torch.float32).eval()
   with np.load(os.path.join(OUT, family, "golden.npz")) as g:
     logits = model(torch.tensor(g["input_ids"]).long()).logits.float().numpy()
     return float(np.abs(logits - g["logits"]).max())
