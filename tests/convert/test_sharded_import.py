@@ -20,7 +20,7 @@ def load(family: str, devices, data: int, fsdp: int, tensor: int, monkeypatch=No
   return params
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "llada"])
 def test_sharded_import_equals_single_device(family, monkeypatch):
   reads = []
   real_read = safetensors_io.CheckpointReader.read
