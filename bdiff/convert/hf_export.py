@@ -5,6 +5,15 @@ model's values, or a Llama/Qwen2/Qwen3 config chosen by the model's switches for
 trained itself), ``model.safetensors`` in the imported checkpoint's dtype (float32 for bdiff's
 own runs) and the tokenizer files kept with the run. Tensors are the inverse of the import's
 transposes and reshapes, so import -> export gives back the same bits.
+
+An AR checkpoint adapted to block diffusion (block size > 1, the way SDAR adapts Qwen3 and
+Fast-dLLM v2 adapts Qwen2.5) keeps bdiff's [MASK] as an embedding row appended after the
+vocabulary, which no AR format has a place for. It is written in the block-diffusion family
+that holds the same layers: SDAR (JetAstra/SDAR: Qwen3 layers, read without token shift) or
+Fast-dLLM v2 (NVlabs/Fast-dLLM: Qwen2.5 layers, read with token shift). The appended row
+becomes a real token of that id (``vocab_size``), added to the exported tokenizer as the
+family's mask token, and ``vocab_size`` grows by one; an untied head gets a zero row for it
+(bdiff never predicts [MASK]). Re-importing the export gives the same parameters.
 """
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ import os
 import shutil
 
 import jax
+import ml_collections
 import ml_dtypes
 import numpy as np
 
@@ -22,6 +32,7 @@ from bdiff.convert.hf_import import HF_SUBDIR, META
 from bdiff.convert.safetensors_io import write
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def _side(workdir: str) -> tuple[str, dict, dict | None]:
@@ -40,7 +51,9 @@ def hf_tensors(params, model_cfg, dtype: str = "float32") -> dict[str, np.ndarra
   """HF name -> numpy tensor for a bdiff params tree (gathered to this host).
 
   bdiff's own tied head scales logits by 1/sqrt(d_model), which a HF tied head cannot: it is
-  written as an untied ``lm_head`` holding the scaled embedding (the same function).
+  written as an untied ``lm_head`` holding the scaled embedding (the same function). An
+  untied head narrower than ``model_cfg.vocab_size`` (an adapted model's [MASK] became a
+  token) gets zero rows for the tokens it never predicted.
   """
   maps = layout.tensor_maps(params, model_cfg)
   out = {}
@@ -50,45 +63,164 @@ def hf_tensors(params, model_cfg, dtype: str = "float32") -> dict[str, np.ndarra
   if model_cfg.tie_embeddings and model_cfg.tied_logit_scale:
     out["lm_head.weight"] = out["model.embed_tokens.weight"] * np.float32(
         model_cfg.d_model ** -0.5)
+  head = out.get("lm_head.weight")
+  if head is not None and head.shape[0] < model_cfg.vocab_size:
+    missing = np.zeros((model_cfg.vocab_size - head.shape[0], head.shape[1]), head.dtype)
+    out["lm_head.weight"] = np.concatenate([head, missing])
   return {name: value.astype(NUMPY_DTYPES[dtype]) for name, value in out.items()}
 
 
-def check_exportable(cfg) -> None:
-  """A bdiff model with an appended [MASK] row exports as a plain AR LM, which is only what
-  it computes when it was trained as one: block size 1 with token shift (position i's logits
-  predict token i + 1). ValueError naming the keys otherwise."""
-  if cfg.model.mask_token_id < 0 and (cfg.diffusion.block_size != 1
-                                      or not cfg.diffusion.token_shift):
+def is_adapted(cfg) -> bool:
+  """An appended [MASK] row in a model that is not a plain next-token AR model (block size 1
+  with token shift): an AR checkpoint adapted to block diffusion."""
+  return cfg.model.mask_token_id < 0 and (cfg.diffusion.block_size != 1
+                                          or not cfg.diffusion.token_shift)
+
+
+def exported_model(cfg, tokenizer: str | None) -> ml_collections.ConfigDict:
+  """The ``model`` section as the exported family sees it; ValueError naming the keys when
+  no Hugging Face format computes what the run computes.
+
+  An adapted run's appended [MASK] row becomes token ``vocab_size`` (``tokenizer``, a HF
+  ``tokenizer.json``, is where that token is added; without one there is nothing to add it
+  to).
+  """
+  model = cfg.model
+  if is_adapted(cfg):
+    d = cfg.diffusion
+    if tokenizer is None:
+      raise ValueError(
+          f"this run has diffusion.block_size={d.block_size}, diffusion.token_shift="
+          f"{d.token_shift} and no mask token in its vocabulary (model.mask_token_id=-1), so "
+          "its logits are not next-token logits, and it has no Hugging Face tokenizer "
+          f"(data.tokenizer={cfg.data.tokenizer!r}) to add its [MASK] token to: export runs "
+          "trained with block_size=1 and token_shift=True, or converted checkpoints")
+    if not (model.qk_norm or model.qkv_bias):
+      raise ValueError(
+          "a Llama model (model.qk_norm=False, model.qkv_bias=False) adapted to diffusion."
+          f"block_size={d.block_size} has no block-diffusion format to export to: SDAR holds "
+          "Qwen3 layers (q/k norms), Fast-dLLM v2 Qwen2.5 layers (q/k/v biases)")
+    model = ml_collections.ConfigDict(model.to_dict())
+    model.update(vocab_size=cfg.model.vocab_size + 1, mask_token_id=cfg.model.vocab_size)
+  return model
+
+
+def _check_block_semantics(model_type: str, diffusion) -> None:
+  """A block-diffusion format is read block-causally, with or without token shift as its
+  family does: the run must have been trained that way."""
+  family = families.BLOCK_FAMILIES.get(model_type)
+  if family is None:
+    return
+  if diffusion.token_shift != family.token_shift:
+    hint = ("Qwen3 models adapt to SDAR with --config.diffusion.token_shift=False; Qwen2 "
+            "models to Fast-dLLM v2 keeping token_shift=True")
     raise ValueError(
-        "export writes Llama/Qwen next-token models; this run has diffusion.block_size="
-        f"{cfg.diffusion.block_size}, diffusion.token_shift={cfg.diffusion.token_shift} and "
-        "no mask token in its vocabulary (model.mask_token_id=-1), so its logits are not "
-        "next-token logits: export runs trained with block_size=1 and token_shift=True, or "
-        "converted block-diffusion checkpoints (SDAR, Fast-dLLM v2)")
+        f"diffusion.token_shift={diffusion.token_shift}: the {model_type} format reads "
+        f"{'with' if family.token_shift else 'without'} token shift, so it would not compute "
+        f"what this run learned ({hint})")
+  if diffusion.context_causal:
+    raise ValueError(
+        f"diffusion.context_causal=True: the {model_type} format computes finished blocks "
+        "block-causally, not with the token-causal clean stream this run was trained with")
+
+
+def export_plan(cfg, base: dict | None, tokenizer: str | None, dtype: str
+                ) -> tuple[ml_collections.ConfigDict, dict]:
+  """(the model section as exported, its config.json) for a run's config, checked before any
+  weights are read: ValueError naming the keys when no format computes what the run does."""
+  model = exported_model(cfg, tokenizer)
+  hf = families.hf_config_from_model(model, base, dtype, cfg.diffusion.block_size)
+  _check_block_semantics(hf["model_type"], cfg.diffusion)
+  return model, hf
+
+
+def _tokenizer_source(side: str, cfg) -> str | None:
+  """The run's HF tokenizer.json: the converted checkpoint's copy, else data.tokenizer when it
+  is such a file (bdiff's byte tokenizer has none)."""
+  for path in (os.path.join(side, "tokenizer.json"), cfg.data.tokenizer):
+    if path.endswith(".json") and os.path.isfile(path):
+      return path
+  return None
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _free_token_name(tokenizer: dict, name: str, token_id: int) -> str:
+  """``name``, unless the tokenizer already has it as another token: then a name of its own."""
+  taken = set(tokenizer.get("model", {}).get("vocab") or {})
+  taken |= {t["content"] for t in tokenizer.get("added_tokens", [])}
+  return name if name not in taken else f"<|MASK_{token_id}|>"
+
+
+def write_mask_tokenizer(tokenizer_path: str, config_path: str, out_dir: str, token_id: int,
+                         name: str) -> str:
+  """Write ``tokenizer.json`` and ``tokenizer_config.json`` to ``out_dir`` with the mask as a
+  special token of id ``token_id`` (``name``, or a free variant); returns its text.
+
+  The token goes into the model's vocabulary as well as the added tokens: ``tokenizers``
+  renumbers an added token that is not in the vocabulary to the next free id, and the mask's
+  id may lie past a gap (a padded embedding table, as Qwen's).
+  """
+  tok = _read_json(tokenizer_path)
+  vocab = tok.get("model", {}).get("vocab")
+  if not isinstance(vocab, dict):
+    raise ValueError(f"{tokenizer_path}: a {tok.get('model', {}).get('type')} tokenizer has no "
+                     "id -> token table to add the [MASK] token to (bdiff adds it to BPE and "
+                     "WordPiece tokenizers)")
+  if token_id in set(vocab.values()) | {t["id"] for t in tok.get("added_tokens", [])}:
+    raise ValueError(f"{tokenizer_path} already has a token of id {token_id}, the row the "
+                     "model's [MASK] needs (model.vocab_size is smaller than the tokenizer)")
+  name = _free_token_name(tok, name, token_id)
+  entry = dict(content=name, single_word=False, lstrip=False, rstrip=False, normalized=False,
+               special=True)
+  vocab[name] = token_id
+  tok.setdefault("added_tokens", []).append(dict(id=token_id, **entry))
+  tconf = _read_json(config_path)
+  tconf["mask_token"] = name
+  if isinstance(tconf.get("added_tokens_decoder"), dict):
+    tconf["added_tokens_decoder"][str(token_id)] = entry
+  for file, data in zip(TOKENIZER_FILES, (tok, tconf)):
+    with open(os.path.join(out_dir, file), "w", encoding="utf-8") as f:
+      json.dump(data, f, indent=2, ensure_ascii=False)
+  return name
 
 
 def export_to_hf(workdir: str, out_dir: str, *, dtype: str | None = None) -> dict:
   """Write the run in ``workdir`` (EMA weights when it has them) as a HF directory.
 
   ``dtype`` defaults to the imported checkpoint's (float32 for runs bdiff trained itself).
-  Returns a summary: family, dtype, tensors, files written.
+  Returns a summary: family, dtype, tensors, files written (and the mask token an adapted
+  run's [MASK] row became).
   """
   side, meta, base = _side(workdir)
   dtype = dtype or meta.get("dtype", "float32")
   if dtype not in NUMPY_DTYPES:
     raise ValueError(f"export dtype must be one of {sorted(NUMPY_DTYPES)}, got {dtype!r}")
-  cfg, params, _ = runs.restore_params(workdir)
-  check_exportable(cfg)
-  hf = families.hf_config_from_model(cfg.model, base, dtype, cfg.diffusion.block_size)
-  tensors = hf_tensors(params, cfg.model, dtype)
+  cfg = runs.run_config(workdir)
+  tokenizer = _tokenizer_source(side, cfg)
+  model, hf = export_plan(cfg, base, tokenizer, dtype)
+  cfg, params, _ = runs.restore_params(workdir, cfg)
+  tensors = hf_tensors(params, model, dtype)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf, f, indent=2)
   files = ["config.json", os.path.basename(write(out_dir, tensors))]
+  summary = {"family": hf["model_type"], "dtype": dtype, "tensors": len(tensors)}
+  written = ()
+  if is_adapted(cfg):
+    written = TOKENIZER_FILES
+    summary["mask_token"] = write_mask_tokenizer(
+        tokenizer, os.path.join(side, "tokenizer_config.json"), out_dir, model.mask_token_id,
+        families.BLOCK_FAMILIES[hf["model_type"]].mask_token)
+    files += list(written)
   if os.path.isdir(side):
     for name in sorted(os.listdir(side)):
-      if name not in ("config.json", META):
+      if name not in ("config.json", META) + written:
         shutil.copy2(os.path.join(side, name), os.path.join(out_dir, name))
         files.append(name)
-  return {"family": hf["model_type"], "dtype": dtype, "tensors": len(tensors), "files": files,
-          "out_dir": os.path.abspath(out_dir)}
+  return {**summary, "files": files, "out_dir": os.path.abspath(out_dir)}
