@@ -74,7 +74,9 @@ def restore_params(workdir: str, cfg=None, *, mesh=None, use_ema: bool = True):
   cfg = run_config(workdir) if cfg is None else cfg
   mesh = sharding_lib.make_mesh(cfg.mesh) if mesh is None else mesh
   _, _, abstract, shardings = state_lib.build(cfg, mesh)
-  name = "ema_params" if (use_ema and abstract.ema_params is not None) else "params"
+  # A converted checkpoint holds params alone, even when EMA is configured for training.
+  ema = use_ema and abstract.ema_params is not None
+  name = "ema_params" if ema and "ema_params" in checkpointing.saved_items(workdir) else "params"
   params = checkpointing.restore_subtree(workdir, name, getattr(abstract, name),
                                          getattr(shardings, name))
   return cfg, params, data_lib.get_tokenizer(cfg.data.tokenizer)

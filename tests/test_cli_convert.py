@@ -1,11 +1,15 @@
 """`bdiff convert` and `bdiff export` on the tiny Hugging Face fixtures: overrides on the
-converted config, one-line errors, an export that does not write into a non-empty directory."""
+converted config, a checkpoint of the weights alone that `bdiff train` continues with a fresh
+optimizer, one-line errors, an export that does not write into a non-empty directory."""
 import json
+import math
 import os
+import shutil
 
 import pytest
 
 from bdiff import cli
+from bdiff.train import checkpointing
 
 from cli_common import call, one_line_error  # tests/cli_common.py
 
@@ -25,6 +29,27 @@ def test_convert_applies_overrides_to_the_converted_config(run):
   saved = json.loads((run / "config.json").read_text())
   assert saved["sample"]["max_new_tokens"] == 4 and saved["eval"]["num_examples"] == 5
   assert saved["sample"]["strategy"] == "ar"  # the rest is the checkpoint's own config
+
+
+def test_converted_checkpoint_holds_weights_only_and_trains(capsys, run, tmp_path):
+  """No optimizer moments on disk (they were zeros, twice the weights); the first `bdiff train`
+  creates them, and its own checkpoint then holds the full state."""
+  assert checkpointing.saved_items(str(run)) == {"params"}
+  workdir = tmp_path / "run"
+  shutil.copytree(run, workdir)
+  corpus = tmp_path / "corpus.jsonl"
+  corpus.write_text("".join(json.dumps({"text": f"def f{i}(a):\n    return a + {i}\n"}) + "\n"
+                            for i in range(64)), encoding="utf-8")
+  code, _, err = call(capsys, "train", "--workdir", workdir, "--allow_config_change",
+                      "--config.data.source=text", f"--config.data.path={corpus}",
+                      "--config.data.valid_fraction=0.3",
+                      "--config.train.steps=1", "--config.train.seq_len=16",
+                      "--config.train.global_batch=8", "--config.train.eval_batches=1",
+                      "--config.train.progress=False", "--config.train.log_every=1")
+  assert code == 0, err
+  assert checkpointing.saved_items(str(workdir)) >= {"params", "opt_state", "step"}
+  metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert metrics[-1]["step"] == 1 and math.isfinite(metrics[-1]["loss"])
 
 
 def test_export_writes_a_hf_directory_and_keeps_a_full_one(capsys, run, tmp_path):

@@ -1,8 +1,8 @@
 """Hugging Face checkpoint directory -> bdiff run directory (``bdiff convert --from_hf``).
 
-The run holds what ``bdiff train`` writes: ``config.json`` and an Orbax checkpoint (step 0) of a
-full TrainState, params from the checkpoint and fresh optimizer moments, so ``bdiff sample``,
-``bdiff eval`` and ``bdiff train`` (which continues from these weights) take it as their own.
+The run holds what ``bdiff train`` reads: ``config.json`` and an Orbax checkpoint (step 0) of the
+params alone (no optimizer moments: ``bdiff train`` starts them fresh from these weights), so
+``bdiff sample``, ``bdiff eval`` and ``bdiff train`` take it as their own.
 The checkpoint's config and tokenizer files are copied into ``RUN/hf/`` (the run's tokenizer
 is that copy), with ``RUN/hf/bdiff_convert.json`` recording what export needs to write the
 family's format back.
@@ -21,7 +21,6 @@ import os
 import shutil
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import tqdm
 
@@ -169,14 +168,6 @@ def _copy_side_files(hf_dir: str, dest: str) -> None:
       shutil.copy2(path, os.path.join(dest, name))
 
 
-def _fresh_state(params, tx, cfg, shardings):
-  """Step 0 with fresh optimizer moments (and EMA = the weights when configured)."""
-  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-  step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
-  ema = params if cfg.optim.ema_decay > 0 else None
-  return state_lib.TrainState(step=step, params=params, opt_state=opt_state, ema_params=ema)
-
-
 def convert_from_hf(hf_dir: str, workdir: str, cfg=None, *, mesh=None,
                     progress: bool = True) -> dict:
   """Write the run directory ``workdir`` from the HF checkpoint ``hf_dir``.
@@ -200,7 +191,7 @@ def convert_from_hf(hf_dir: str, workdir: str, cfg=None, *, mesh=None,
   cfg = config_lib.from_dict(config_lib.to_dict(cfg))  # a private copy we may edit
   mesh = sharding_lib.make_mesh(cfg.mesh) if mesh is None else mesh
   config_lib.validate(cfg, tuple(mesh.shape.values()))
-  _, tx, abstract, shardings = state_lib.build(cfg, mesh)
+  _, _, abstract, shardings = state_lib.build(cfg, mesh)
   params, dtype, tensors = load_params(hf_dir, cfg.model, abstract.params, shardings.params,
                                        progress=progress)
   side = os.path.join(workdir, HF_SUBDIR)
@@ -213,14 +204,17 @@ def convert_from_hf(hf_dir: str, workdir: str, cfg=None, *, mesh=None,
              "source": os.path.abspath(hf_dir), "workdir": os.path.abspath(workdir)}
   with open(os.path.join(side, META), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1)
-  _save_run(workdir, _fresh_state(params, tx, cfg, shardings), cfg)
+  _save_run(workdir, params, cfg)
   return summary
 
 
-def _save_run(workdir: str, state, cfg) -> None:
+def _save_run(workdir: str, params, cfg) -> None:
+  """Step 0 holding the weights alone: no optimizer moments (twice the weights again), which
+  the first ``bdiff train`` creates fresh (``bdiff.train.loop``), and no EMA copy (inference
+  reads the params when a checkpoint has none)."""
   config_dict = config_lib.to_dict(cfg)
   mgr = checkpointing.manager(workdir)
-  checkpointing.save(mgr, 0, state, config_dict=config_dict,
+  checkpointing.save(mgr, 0, {"params": params}, config_dict=config_dict,
                      data_position={"seed": cfg.train.seed, "next_step": 0})
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     json.dump(config_dict, f, indent=1)

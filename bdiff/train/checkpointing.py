@@ -109,6 +109,21 @@ def read_meta(workdir: str, step: int | None = None) -> dict:
   return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
+def saved_items(workdir: str) -> set[str]:
+  """The state entries (``params``, ``opt_state``, ...) of the newest checkpoint whose metadata
+  reads (an unreadable one is left to the restore to report); empty if none reads. A
+  converted checkpoint (``bdiff convert``) holds ``params`` alone."""
+  mgr = manager(workdir, create=False)
+  for step in sorted(mgr.all_steps(), reverse=True):
+    item_dir = epath.Path(mgr.directory) / str(step) / "state"
+    try:
+      saved = ocp.PyTreeCheckpointHandler().metadata(item_dir).tree
+    except Exception:  # pylint: disable=broad-except  (as _read: Orbax raises many types)
+      continue
+    return {name for name, value in saved.items() if value is not None}
+  return set()
+
+
 def _flat(tree) -> dict:
   return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}

@@ -69,12 +69,18 @@ class Trainer:
                eval_step=step_lib.jit_eval_step(model, cfg, mesh, shardings.params))
 
   def init_or_restore(self, mgr):
-    if mgr.latest_step() is not None:
-      state, meta = checkpointing.restore(mgr, self.abstract_state, self.state_shardings)
-      log.info("resumed from step %d", meta["step"])
-      return state
-    return state_lib.init_state(self.model, self.tx, self.cfg, self.mesh,
-                                self.state_shardings)
+    if mgr.latest_step() is None:
+      return state_lib.init_state(self.model, self.tx, self.cfg, self.mesh,
+                                  self.state_shardings)
+    if "opt_state" not in checkpointing.saved_items(self.workdir):
+      # Weights alone (bdiff convert): the run starts from them with a fresh optimizer.
+      params = checkpointing.restore_subtree(self.workdir, "params", self.abstract_state.params,
+                                             self.state_shardings.params)
+      log.info("starting from the weights in %s with a fresh optimizer", self.workdir)
+      return state_lib.state_from_params(params, self.tx, self.cfg, self.state_shardings)
+    state, meta = checkpointing.restore(mgr, self.abstract_state, self.state_shardings)
+    log.info("resumed from step %d", meta["step"])
+    return state
 
   def evaluate(self, params) -> dict:
     """Held-out NELBO over ``train.eval_batches`` batches (sums reduced on host).

@@ -89,3 +89,12 @@ def init_state(model, tx, cfg, mesh, shardings) -> TrainState:
 
   with jax.set_mesh(mesh):
     return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def state_from_params(params, tx, cfg, shardings) -> TrainState:
+  """Step 0 of a run starting from given (sharded) weights: fresh optimizer moments, EMA =
+  the weights when configured (a converted checkpoint's first ``bdiff train``)."""
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+  ema = params if cfg.optim.ema_decay > 0 else None
+  return TrainState(step=step, params=params, opt_state=opt_state, ema_params=ema)
