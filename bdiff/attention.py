@@ -54,12 +54,16 @@ def _check_shapes(q, k, v) -> None:
         f"heads={q.shape[2]} must be a multiple of kv_heads={k.shape[2]} (GQA)")
 
 
+def _check_mask_shape(mask: masks_lib.Mask, q_len: int, kv_len: int) -> None:
+  if mask.shape != (q_len, kv_len):
+    raise ValueError(f"mask shape {mask.shape} does not match (q_len, kv_len)="
+                     f"{(q_len, kv_len)}")
+
+
 def _as_bool_array(mask, q_len: int, kv_len: int, segment_ids):
   """The mask as a jnp bool array broadcastable to [b, h, q, kv], or None for all-true."""
   if isinstance(mask, masks_lib.Mask):
-    if mask.shape != (q_len, kv_len):
-      raise ValueError(f"mask shape {mask.shape} does not match (q_len, kv_len)="
-                       f"{(q_len, kv_len)}")
+    _check_mask_shape(mask, q_len, kv_len)
     arr = None if isinstance(mask, masks_lib.Full) else mask.jnp_array()[None, None]
   elif mask is None:
     arr = None
@@ -196,21 +200,13 @@ def tokamax_mask(mask, q_len: int, kv_len: int, segment_ids=None) -> TokamaxMask
   are runtime values, so they join the dense bool mask, and the static ranges still bound it.
   """
   if isinstance(mask, masks_lib.Mask):
-    if mask.shape != (q_len, kv_len):
-      raise ValueError(f"mask shape {mask.shape} does not match (q_len, kv_len)="
-                       f"{(q_len, kv_len)}")
-    form, runtime = mask_ranges.to_ranges(mask), None
+    _check_mask_shape(mask, q_len, kv_len)
+    form = mask_ranges.to_ranges(mask)
   else:
     form = mask_ranges.RangeForm(q_len, kv_len)
-    runtime = _as_bool_array(mask, q_len, kv_len, None)
-  if segment_ids is not None:
-    seg = masks_lib.segment_mask(segment_ids[0], segment_ids[1])[:, None]
-    runtime = seg if runtime is None else runtime & seg
-  if runtime is None:
+  if segment_ids is None and (mask is None or isinstance(mask, masks_lib.Mask)):
     return _static_tokamax_mask(form)
-  if isinstance(mask, masks_lib.Mask):
-    runtime = runtime & mask.jnp_array()[None, None]
-  return _runtime_tokamax_mask(form, runtime)
+  return _runtime_tokamax_mask(form, _as_bool_array(mask, q_len, kv_len, segment_ids))
 
 
 def _static_tokamax_mask(form: mask_ranges.RangeForm) -> TokamaxMask:
@@ -260,6 +256,9 @@ def tokamax_attention(q, k, v, mask=None, *, segment_ids=None, scale=None,
     raise ValueError(f'impl="tokamax" runs tokamax\'s Mosaic GPU attention, which needs an '
                      f'NVIDIA GPU (sm80/sm90/sm100); running on "{jax.default_backend()}"; '
                      f'use impl="xla" or "pallas"')
+  if implementation == "mosaic_gpu" and q.dtype not in (jnp.bfloat16, jnp.float16):
+    # Its forward would take fp32, but its backward raises deep inside jax.grad.
+    raise ValueError(f'impl="tokamax" needs bf16 or fp16 inputs, got {q.dtype}')
   tk_api, tk_base = _import_tokamax()
   if implementation not in tk_api.IMPLEMENTATIONS:
     raise ValueError(f"tokamax implementation {implementation!r} is not available here; "

@@ -2,6 +2,7 @@
 fields and errors (no tokamax needed), and the whole wrapper through tokamax's XLA
 implementation (skipped where the optional tokamax package is absent)."""
 import importlib.util
+import re
 import sys
 
 import jax
@@ -145,6 +146,13 @@ def test_tokamax_on_cpu_is_a_clear_error():
     attention.attend(q, q, q, masks.causal(8), impl="tokamax")
 
 
+def test_tokamax_needs_half_precision(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  q = jnp.ones((1, 8, 2, 16), jnp.float32)
+  with pytest.raises(ValueError, match="bf16 or fp16.*float32"):
+    attention.attend(q, q, q, masks.causal(8), impl="tokamax")
+
+
 def test_missing_tokamax_says_how_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, "tokamax", None)  # import tokamax now raises ImportError
   q = jnp.ones((1, 8, 2, 16))
@@ -235,3 +243,35 @@ def test_bench_runs_tokamax_only_where_it_can(monkeypatch):
   assert built.func is attention.tokamax_attention and built.keywords == {"mask": mask}
   # A run-time top-k plan has no mask object to translate.
   assert "tokamax" not in kernel_bench.kernels_for("gpu", None, plan, args)
+
+
+@pytest.fixture
+def hopper_target(monkeypatch):
+  """Make tokamax 0.0.17 lower its Mosaic GPU kernels for an sm90 GPU from this CPU host: it
+  reads the compute capability and SM count from the default device, which here is a CPU."""
+  import types  # pylint: disable=import-outside-toplevel
+  from tokamax._src import gpu_utils  # pylint: disable=import-outside-toplevel
+  from tokamax._src import mosaic_gpu as tk_mosaic_gpu  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(gpu_utils, "_compute_capability", lambda device=None: 9.0)
+  monkeypatch.setattr(gpu_utils, "has_mosaic_gpu_support", lambda device=None: True)
+  h100 = types.SimpleNamespace(core_count=132, platform="gpu", compute_capability="9.0")
+  monkeypatch.setattr(tk_mosaic_gpu, "backend",
+                      types.SimpleNamespace(get_default_device=lambda: h100))
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+
+
+@needs_tokamax
+@pytest.mark.parametrize("mask", [masks.causal(8192), masks.block_causal(8192, 8192, 16),
+                                  masks.bd3_training(4096, 16)], ids=mask_id)
+def test_tokamax_mosaic_gpu_lowers_for_cuda(mask, hopper_target):  # pylint: disable=unused-argument
+  """The fields impl="tokamax" builds are accepted by tokamax's Hopper kernels, forward and
+  backward, at T=8192, D=128, bf16, GQA (lowering only: not ptxas, numerics or speed)."""
+  q = jax.ShapeDtypeStruct((1, 8192, 8, 128), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((1, 8192, 4, 128), jnp.bfloat16)
+  loss = lambda q, k, v: jnp.sum(attention.attend(q, k, v, mask, impl="tokamax")
+                                 .astype(jnp.float32))
+  lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, kv, kv).lower(
+      lowering_platforms=("cuda",))
+  text = lowered.compiler_ir("stablehlo").operation.get_asm(large_elements_limit=16)
+  calls = re.findall(r"stablehlo.custom_call @mosaic_gpu", text)
+  assert len(calls) >= 2, calls  # the forward kernel and the backward kernel(s)
