@@ -106,19 +106,18 @@ def hf_config(model_cfg, base: dict | None, dtype: str) -> dict:
   """LLaDA's ``config.json`` for a bdiff ``model`` section, on top of ``base`` (an imported
   LLaDA config, whose other keys such as token ids, auto_map and context are kept).
 
-  ValueError naming the key when LLaDA's block cannot compute the model: its head_dim is
-  ``d_model / n_heads``, it has no RoPE scaling and no q/k norm, and its head is untied.
+  ``model_cfg`` is one ``families`` writes as LLaDA (bidirectional, its own mask token, no
+  q/k/v biases or q/k norm); ValueError naming the key where LLaDA's block still computes
+  something else: its head_dim is ``d_model / n_heads``, it has no RoPE scaling, and bdiff
+  writes its head untied.
   """
   checks = {"model.head_dim": model_cfg.head_dim * model_cfg.n_heads == model_cfg.d_model,
             "model.rope_scaling.type": model_cfg.rope_scaling.type == "none",
-            "model.qk_norm": not model_cfg.qk_norm,
-            "model.tie_embeddings": not model_cfg.tie_embeddings,
-            "model.mask_token_id": model_cfg.mask_token_id >= 0}
+            "model.tie_embeddings": not model_cfg.tie_embeddings}
   bad = [key for key, ok in checks.items() if not ok]
   if bad:
     raise ValueError(f"{bad[0]} cannot be written as LLaDA, whose block needs head_dim = "
-                     "d_model / n_heads, no RoPE scaling, no q/k norm, an untied head and "
-                     "its own mask token")
+                     "d_model / n_heads, no RoPE scaling and an untied head")
   out = dict(base or {})
   vocab = out.get("vocab_size")
   if not isinstance(vocab, int) or vocab > model_cfg.vocab_size:

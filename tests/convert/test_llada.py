@@ -161,6 +161,7 @@ def test_unsupported_switch_is_refused_before_allocation(llada_copy, tmp_path):
     (dict(tie_embeddings=True), "model.tie_embeddings"),
     (dict(head_dim=32), "model.head_dim"),
     (dict(qk_norm=True), "model.qk_norm"),
+    (dict(rope_scaling=dict(type="llama3")), "model.rope_scaling.type"),
 ])
 def test_export_refuses_what_llada_cannot_compute(changes, match):
   """A bidirectional model without q/k/v biases is written as LLaDA; where LLaDA's block
