@@ -57,6 +57,21 @@ def test_config_is_llada_own():
   assert (cfg.sample.strategy, cfg.sample.max_prompt_len) == ("static", 256)
 
 
+def test_released_8b_config_reads_as_llama_layers():
+  """LLaDA-8B-Base/Instruct's config.json switches and sizes: 32 layers of MHA (head_dim
+  128), SwiGLU 12288, RoPE theta 5e5, untied 126464-row head, mask 126336."""
+  hf = {**llada_config(), "d_model": 4096, "n_heads": 32, "n_kv_heads": 32, "n_layers": 32,
+        "mlp_hidden_size": 12288, "vocab_size": 126464, "embedding_size": 126464,
+        "mask_token_id": 126336, "max_sequence_length": 4096, "rope_theta": 500000.0,
+        "init_device": "meta", "init_fn": "mitchell", "precision": "amp_bf16",
+        "torch_dtype": "bfloat16"}
+  hf.pop("dtype")
+  m = families.model_config_from_hf(hf)
+  assert (m.head_dim, m.n_kv_heads, m.mlp_dim, m.vocab_size, m.mask_token_id, m.dtype) == (
+      128, 32, 12288, 126464, 126336, "bfloat16")
+  assert families.max_positions(hf) == 4096
+
+
 def test_logits_equal_reference_under_full_attention(converted):
   """Import -> forward under LLaDA's mask (none: every position sees every other) == its
   modeling_llada.py, on inputs that are 40 % [MASK]; a causal mask would not be."""
