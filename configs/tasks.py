@@ -54,7 +54,8 @@ def get_config(arg: str | None = None):
     # insert_index's longest example is 48 bytes + EOS.
     cfg.train.update(steps=3000, seq_len=52, checkpoint_every=500, log_every=100)
     cfg.eval.update(tasks=LEARNED_TASKS, num_examples=200, batch_size=100)
-    cfg.sample.update(max_new_tokens=20, batch_size=100)  # the longest answer + EOS
+    # The longest answer + EOS; fused commit: one token per step is one forward per token.
+    cfg.sample.update(max_new_tokens=20, batch_size=100, commit="fused")
   if "block_size" in variant:
     cfg.diffusion.block_size = variant["block_size"]
   return cfg

@@ -54,6 +54,8 @@ def sweeps(block: int) -> dict[str, list[dict]]:
 
 
 def run_setting(cfg, params, tokenizer, tasks, strategy: str, knobs: dict) -> dict:
+  """Greedy decoding of ``tasks`` with one strategy setting: the pooled row, each task's
+  accuracy (``acc:<task>``) and each task's full summary row (``per_task``)."""
   cfg = cfg.copy_and_resolve_references()
   cfg.sample.update(strategy=strategy, temperature=0.0, **knobs)
   sampler = bdiff.Sampler(cfg, params, tokenizer)
@@ -61,7 +63,7 @@ def run_setting(cfg, params, tokenizer, tasks, strategy: str, knobs: dict) -> di
   rows = bdiff.evaluate(sampler, tasks, e.num_examples, e.seed, e.batch_size)
   return {**eval_tasks.pool(rows), "strategy": strategy,
           "knobs": ", ".join(f"{k}={v}" for k, v in knobs.items()) or "-",
-          "compile s": sampler.compile_seconds,
+          "compile s": sampler.compile_seconds, "per_task": rows,
           **{f"acc:{r['task']}": r["accuracy"] for r in rows}}
 
 

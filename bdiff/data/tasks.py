@@ -186,6 +186,8 @@ class ListTask:
     self.word, self.index = word, index
     self.min_len, self.max_len = min_len, max_len
     self.items = items or DigitItems()
+    # Many valid answers: the tasks where parallel decoding is expected to collapse.
+    self.many_answers = index == "hidden"
     self._extra_pos = int(op is _insert)
     self.max_answer_len = self.items.max_answer_len(max_len + self._extra_pos)
     self._prompt_re = re.compile(rf"^(\w+)(?: {self.items.word_pattern})?(?: at (\d+))?: "
@@ -241,6 +243,7 @@ class ShuffleTask(ListTask):
 
   def __init__(self, name: str = "shuffle", **kw):
     super().__init__(name, "shuffle", lambda x, w, i: list(x), **kw)
+    self.many_answers = True
 
   def generate(self, rng: np.random.Generator) -> Example:
     while True:  # An all-equal list has no valid answer; redraw (rare).
@@ -295,6 +298,7 @@ class GridTask:
     if not 1 <= blanks <= 16:
       raise ValueError(f"blanks must be in [1, 16], got {blanks}")
     self.name, self.boxes, self.blanks = name, boxes, blanks
+    self.many_answers = not boxes  # a Latin square with blanks often has several completions
 
   @functools.cached_property
   def _solutions(self) -> tuple[tuple[str, ...], ...]:
@@ -358,6 +362,7 @@ class LatinSquareTask:
     if not 2 <= n <= 9:
       raise ValueError(f"n must be in [2, 9], got {n}")
     self.name, self.n = name, n
+    self.many_answers = True
     self.max_answer_len = n * (n + 1) - 1
 
   def generate(self, rng: np.random.Generator) -> Example:

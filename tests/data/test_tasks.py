@@ -39,6 +39,13 @@ def _swaps(answer: str) -> list[str]:
           for k in range(len(items) - 1) if items[k] != items[k + 1]]
 
 
+def test_many_answers_flags_the_tasks_scored_by_validity():
+  assert {n for n in COMPACT if tasks.TASKS[n].many_answers} == MANY_ANSWERS
+  assert {n for n in NAMED if tasks.TASKS[n].many_answers} == {
+      f"{p}{t}" for p in ("names_", "names15_")
+      for t in ("shuffle", "insert_random", "remove_random", "replace_random")}
+
+
 def test_registry():
   assert {"copy", "reverse", "sort", "shuffle", "insert_index", "insert_random",
           "remove_index", "remove_random", "replace_index", "replace_random",
