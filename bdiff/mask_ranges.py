@@ -1,7 +1,7 @@
 """Mask objects in the per-row key-range form of tokamax's attention ``Mask``.
 
 tokamax (openxla/tokamax, ``tokamax/_src/ops/attention/base.py``) describes a mask as the
-intersection of up to four parts, each optional:
+intersection of three optional parts:
 
 * ``k_start`` / ``k_end``: query row ``q`` may attend keys ``k_start[q] <= k < k_end[q]``;
 * a ``CausalMask(offset, window_size)``: ``k <= q + offset`` and, with a window,
