@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Sequence
 
+from bdiff import distributed
 from bdiff import runs as run_lib
 from bdiff.data import tasks as tasks_lib
 from bdiff.data.pipeline import task_names
@@ -33,6 +34,18 @@ def _summary(name: str, correct: int, strict: int, n: int, tokens: int, forwards
           "nfe": forwards / n, "tokens": tokens, "forwards": forwards, "seconds": seconds}
 
 
+def _warn_if_truncated(sampler: run_lib.Sampler, task: str,
+                       examples: Sequence[tasks_lib.Example]) -> None:
+  """Warn when sample.max_new_tokens cannot hold some reference answers (the names tasks'
+  lists run to hundreds of bytes): those examples would be scored wrong however good the
+  model is."""
+  need = max(len(sampler.tokenizer.encode(ex.answer)) for ex in examples)
+  budget = sampler.cfg.sample.max_new_tokens
+  if need > budget:
+    log.warning("task %s: reference answers take up to %d tokens but sample.max_new_tokens="
+                "%d; truncated answers are scored wrong", task, need, budget)
+
+
 def evaluate_task(sampler: run_lib.Sampler, task: str, num_examples: int, seed: int,
                   batch_size: int, *, progress: bool = False) -> dict:
   """Decode and score ``num_examples`` examples of one task; returns its summary row."""
@@ -40,6 +53,7 @@ def evaluate_task(sampler: run_lib.Sampler, task: str, num_examples: int, seed: 
     raise ValueError(f"eval.num_examples must be positive, got {num_examples}")
   task_obj = tasks_lib.get_task(task)
   examples = tasks_lib.make_examples(task_obj, num_examples, seed)
+  _warn_if_truncated(sampler, task_obj.name, examples)
   records = sampler.sample([ex.prompt for ex in examples], batch_size=batch_size,
                            progress=progress)
   lenient = sum(task_obj.score(ex, r["text"]) for ex, r in zip(examples, records))
@@ -87,6 +101,8 @@ def main(cfg, workdir: str, tasks: str | None = None) -> list[dict]:
   names = task_names(tasks or sampler.cfg.eval.tasks)
   e = sampler.cfg.eval
   rows = evaluate(sampler, names, e.num_examples, e.seed, e.batch_size, progress=True)
+  if not distributed.is_main_process():  # every process decodes (its rows); one reports
+    return rows
   print(format_table(rows + [pool(rows)] if len(rows) > 1 else rows))
   print(f"strategy={sampler.config.strategy.name} block={sampler.config.block_size} "
         f"compile {sampler.compile_seconds:.1f}s (excluded); ci95 = Wilson 95 % interval "

@@ -97,3 +97,25 @@ def test_bench_reports_overhead(workdir, capsys):
   assert rows[0]["tok/s"] > 0 and rows[0]["overhead"] > 0 and rows[0]["compile s"] > 0
   assert "overhead" in capsys.readouterr().out
   assert json.load(open(f"{workdir}/bench.json", encoding="utf-8"))["machine"]
+
+
+class _Oracle(run.Sampler):
+  """Answers every prompt with its reference answer (scoring sees exact text)."""
+
+  def sample(self, texts, **kw):
+    answers = {ex.prompt: ex.answer for name in ("names_copy", "names15_shuffle")
+               for ex in eval_tasks.tasks_lib.make_examples(name, 4, 1)}
+    return [dict(text=answers[t], num_tokens=3, num_forwards=1, seconds=1.0) for t in texts]
+
+
+@pytest.mark.parametrize("name", ["names_copy", "names15_shuffle"])
+def test_names_tasks_score_through_eval_and_warn_when_answers_cannot_fit(
+    params, name, caplog):
+  cfg = tiny_cfg()
+  row = eval_tasks.evaluate_task(_Oracle(cfg, params, ByteTokenizer()), name, 4, 1, 4)
+  assert row["accuracy"] == 100.0 and row["strict"] == 100.0
+  assert f"task {name}: reference answers take up to" in caplog.text  # 8 new tokens
+  caplog.clear()
+  cfg.sample.max_new_tokens = 256
+  eval_tasks.evaluate_task(_Oracle(cfg, params, ByteTokenizer()), name, 4, 1, 4)
+  assert "reference answers take up to" not in caplog.text
