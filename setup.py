@@ -24,7 +24,8 @@ setup(
         "absl-py",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
+        # setuptools: tests/test_notebook.py builds bdiff offline (pip --no-build-isolation).
+        "dev": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "setuptools"],
         "hf": ["tokenizers>=0.20", "safetensors", "jinja2>=3.1"],
         "gpu": ["jax[cuda12]>=0.11.2,<0.12", "tokamax==0.0.17"],
         "tpu": ["jax[tpu]>=0.11.2,<0.12"],
