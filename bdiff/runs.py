@@ -207,7 +207,9 @@ class Sampler:
 
     Records hold ``prompt``, ``tokens`` (generated ids, stop token included), ``text``,
     ``num_tokens``, ``num_forwards`` (denoising + commit), ``nfe_denoise``, ``nfe_commit``,
-    ``tokens_per_forward`` and ``seconds`` (wall time of the batch the prompt was decoded in).
+    ``tokens_per_forward``, ``positions_computed``, ``cache`` (the ``sample.cache`` mode, so an
+    approximate cache is never silent) and ``seconds`` (wall time of the batch the prompt was
+    decoded in).
     """
     batch_size = batch_size or self.cfg.sample.batch_size
     pairs = [self._encode(t) for t in texts]
@@ -215,7 +217,7 @@ class Sampler:
     over = [full for ids, full in pairs if full > len(ids)]
     if over:
       warnings.warn(self._truncation_message(len(over), len(texts), max(over)), stacklevel=2)
-    width = _round_up(max((len(p) for p in encoded), default=1), max(self.config.block_size, 8))
+    width = _round_up(max((len(p) for p in encoded), default=1), self.config.prompt_multiple)
     records = []
     starts = range(0, len(texts), batch_size)
     for lo in tqdm.tqdm(starts, desc="sample", disable=not progress):
@@ -233,7 +235,9 @@ class Sampler:
     denoise, commit = int(out["nfe_denoise"][i]), int(out["nfe_commit"][i])
     return dict(prompt=prompt, tokens=tokens, text=self.decode(tokens), num_tokens=n,
                 num_forwards=denoise + commit, nfe_denoise=denoise, nfe_commit=commit,
-                tokens_per_forward=float(out["tokens_per_forward"][i]), seconds=seconds)
+                tokens_per_forward=float(out["tokens_per_forward"][i]),
+                positions_computed=int(out["positions_computed"][i]),
+                cache=self.config.cache_mode, seconds=seconds)
 
 
 def _chat_prompt(item, where: str) -> list[dict]:

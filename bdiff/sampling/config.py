@@ -19,6 +19,11 @@ import ml_collections
 from bdiff.sampling import strategies as strategies_lib
 
 COMMIT_MODES = ("separate", "fused")
+# sample.cache: "auto" = "exact" for block-causal models, "none" for full-attention ones.
+CACHE_MODES = ("auto", "exact", "none", "prefix", "dual")
+BLOCK_CAUSAL_CACHES = ("exact", "none")         # exact KV cache of clean blocks, or none
+FULL_ATTENTION_CACHES = ("none", "prefix", "dual")  # exact recompute, Fast-dLLM v1 caches
+APPROXIMATE_CACHES = ("prefix", "dual")
 PROMPT_PREFIXES = ("auto", "none", "bos", "eos")
 STRICT_CHOICES = ("auto", "true", "false")
 # Strategies whose rule the fixed-block exact loop cannot host (see generate.py).
@@ -26,8 +31,15 @@ UNSUPPORTED_STRATEGIES = ("adablock",)
 
 _LOOP_DEFAULTS = dict(
     max_new_tokens=64,
-    block_size=0,            # 0 = the model's diffusion.block_size (the only legal value)
-    use_cache=True,          # False = no-cache reference: full block-causal recompute per step
+    block_size=0,            # decoding block. Block-causal models: 0 = the model's
+                             # diffusion.block_size (the only legal value). Full-attention
+                             # models (model.attention="bidirectional"): any length (LLaDA's
+                             # semi-AR blocks); 0 = one block, the whole generation
+    cache="auto",            # auto | exact | none | prefix | dual (CACHE_MODES): auto = exact
+                             # for block-causal models, none for full-attention ones
+    cache_refresh=0,         # prefix/dual: also recompute the cache every k steps inside a
+                             # block (0 = only at block starts, Fast-dLLM v1; 1 = every step)
+    use_cache=True,          # False = cache "none" (the older spelling of the same switch)
     commit="separate",       # separate: one clean re-forward per block; fused: folded into the
                              # next block's first forward (query width 2 * block_size)
     first_token_from_commit=False,  # token-shifted models: next block's first token = argmax
@@ -61,6 +73,26 @@ def _strategy_defaults() -> dict:
 def default_sample_config() -> ml_collections.ConfigDict:
   """Defaults of the ``sample`` section (loop keys + every ``StrategyConfig`` field)."""
   return ml_collections.ConfigDict({**_strategy_defaults(), **_LOOP_DEFAULTS})
+
+
+def is_full_attention(model_cfg) -> bool:
+  """The model attends bidirectionally over the whole sequence (LLaDA, Dream, an MDLM)."""
+  return model_cfg.get("attention", "block_causal") == "bidirectional"
+
+
+def resolve_cache(mode: str, use_cache: bool, full_attention: bool) -> str:
+  """``sample.cache`` with ``"auto"`` and the ``use_cache=False`` alias resolved."""
+  if mode == "auto":
+    return "none" if full_attention or not use_cache else "exact"
+  return mode
+
+
+def decode_block_size(sample_cfg, trained_block: int, full_attention: bool) -> int:
+  """The decoding block: the trained one (block-causal), or ``sample.block_size`` capped at
+  the generation length, 0 meaning one block for the whole generation (full attention)."""
+  if not full_attention:
+    return trained_block
+  return min(sample_cfg.block_size or sample_cfg.max_new_tokens, sample_cfg.max_new_tokens)
 
 
 def strategy_config(cfg, block_size: int) -> strategies_lib.StrategyConfig:
@@ -127,6 +159,8 @@ def _check_loop(cfg) -> None:
   for key in ("steps", "max_prompt_len", "block_size"):
     if not isinstance(cfg[key], int) or cfg[key] < 0:
       raise ValueError(f"sample.{key} must be an integer >= 0, got {cfg[key]!r}")
+  if not isinstance(cfg.cache_refresh, int) or cfg.cache_refresh < 0:
+    raise ValueError(f"sample.cache_refresh must be an integer >= 0, got {cfg.cache_refresh!r}")
   for key in ("use_cache", "stop_at_eos", "chat"):
     if not isinstance(cfg[key], bool):
       raise ValueError(f"sample.{key} must be a bool, got {cfg[key]!r}")
@@ -143,6 +177,35 @@ def _check_loop(cfg) -> None:
                      "mode has no separate commit pass)")
 
 
+def _check_cache(cfg, full_attention: bool) -> None:
+  """``sample.cache`` names a mode this model's loop has (and ``use_cache`` agrees with it)."""
+  if cfg.cache not in CACHE_MODES:
+    raise ValueError(f"sample.cache must be one of {CACHE_MODES}, got {cfg.cache!r}")
+  if not cfg.use_cache and cfg.cache not in ("auto", "none"):
+    raise ValueError(f"sample.use_cache=False means sample.cache='none', which contradicts "
+                     f"sample.cache={cfg.cache!r}; set only sample.cache")
+  mode = resolve_cache(cfg.cache, cfg.use_cache, full_attention)
+  allowed = FULL_ATTENTION_CACHES if full_attention else BLOCK_CAUSAL_CACHES
+  if mode not in allowed:
+    kind = ("a full-attention model (model.attention='bidirectional')" if full_attention
+            else "a block-causal model (model.attention='block_causal')")
+    raise ValueError(f"sample.cache={cfg.cache!r} is not a mode for {kind}; allowed: "
+                     f"{('auto',) + allowed}")
+  if cfg.cache_refresh and mode not in APPROXIMATE_CACHES:
+    raise ValueError(f"sample.cache_refresh={cfg.cache_refresh} only applies to the "
+                     f"approximate caches {APPROXIMATE_CACHES}, not sample.cache={mode!r}")
+
+
+def _check_full_attention(cfg) -> None:
+  """Keys of the block-causal loop that a full-attention model cannot honour."""
+  if cfg.commit != "separate":
+    raise ValueError(f"sample.commit={cfg.commit!r}: a full-attention model has no commit "
+                     "pass (nothing is stored per block); leave sample.commit='separate'")
+  if cfg.first_token_from_commit:
+    raise ValueError("sample.first_token_from_commit needs a block-causal model's commit "
+                     "pass; a full-attention model predicts every position in its forward")
+
+
 def _check_block_size(cfg, block_size: int) -> None:
   if cfg.block_size not in (0, block_size):
     raise ValueError(
@@ -155,8 +218,9 @@ def _check_regime(cfg, context_causal: bool, attention_impl: str) -> None:
   """The attention regime a context-causal model needs is one the backend can express."""
   if not (context_causal and attention_impl == "pallas"):
     return
-  if cfg.commit == "separate" or not cfg.use_cache:
-    key = "commit" if cfg.use_cache else "use_cache"
+  exact = resolve_cache(cfg.cache, cfg.use_cache, False) == "exact"
+  if cfg.commit == "separate" or not exact:
+    key = "commit" if exact else ("use_cache" if not cfg.use_cache else "cache")
     raise ValueError(
         f"sample.{key}={cfg[key]!r}: a context-causal model (diffusion.context_causal=True) "
         "sampled this way needs a per-row attention mask (token-causal for clean rows, "
@@ -165,7 +229,8 @@ def _check_regime(cfg, context_causal: bool, attention_impl: str) -> None:
 
 
 def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None, *,
-                           context_causal: bool = False, attention_impl: str = "xla") -> None:
+                           context_causal: bool = False, attention_impl: str = "xla",
+                           full_attention: bool = False) -> None:
   """Raise ValueError naming the offending ``sample.*`` key.
 
   Args:
@@ -174,10 +239,15 @@ def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None
     token_shift: the model's ``diffusion.token_shift`` (None = unknown, not checked).
     context_causal: the model's ``diffusion.context_causal``.
     attention_impl: the model's ``model.attention_impl``.
+    full_attention: the model attends bidirectionally (``model.attention="bidirectional"``).
   """
   _check_loop(cfg)
-  _check_block_size(cfg, block_size)
-  scfg = strategy_config(cfg, block_size)
+  _check_cache(cfg, full_attention)
+  if full_attention:
+    _check_full_attention(cfg)
+  else:
+    _check_block_size(cfg, block_size)
+  scfg = strategy_config(cfg, decode_block_size(cfg, block_size, full_attention))
   strategies_lib.validate_strategy_config(scfg, prefix="sample")
   if scfg.name in UNSUPPORTED_STRATEGIES:
     raise ValueError(f"sample.strategy={scfg.name!r} needs variable-length blocks, which the "
@@ -185,11 +255,13 @@ def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None
   if token_shift is False and cfg.first_token_from_commit:
     raise ValueError("sample.first_token_from_commit is only meaningful for token-shifted "
                      "models (diffusion.token_shift=True)")
-  _check_regime(cfg, context_causal, attention_impl)
+  if not full_attention:
+    _check_regime(cfg, context_causal, attention_impl)
 
 
 def validate_run_sample_config(cfg) -> None:
   """:func:`validate_sample_config` of a full config (its model and diffusion sections)."""
   validate_sample_config(cfg.sample, cfg.diffusion.block_size, cfg.diffusion.token_shift,
                          context_causal=cfg.diffusion.context_causal,
-                         attention_impl=cfg.model.attention_impl)
+                         attention_impl=cfg.model.attention_impl,
+                         full_attention=is_full_attention(cfg.model))

@@ -21,8 +21,8 @@ Contract for the loop (all arrays batched, ``b`` rows, block window of ``L`` pos
   ``rng_keys [b]`` per-row keys for this step (``fold_in(fold_in(key, row_uid), step)``);
   ``step_in_block [b]`` (or a scalar) = 0 at a block's first denoising step, +1 per step.
 * Guarantees: ``commit ⊆ masked``; any row with a masked position commits at least one
-  (except ``ancestral`` / ``ancestral_greedy`` with ``allow_idle=True``); tokens outside
-  ``commit`` are meaningless.
+  (except ``ancestral`` / ``ancestral_greedy`` / ``dream`` with ``allow_idle=True``); tokens
+  outside ``commit`` are meaningless.
 * Termination: run a block until no candidate is left. Scheduled strategies
   (``STRATEGIES[name].scheduled``: static, sequential, sdar_dynamic, dream, prophet,
   ancestral, ancestral_greedy) empty the block in exactly ``cfg.steps`` steps (``steps`` =
@@ -252,8 +252,9 @@ def validate_strategy_config(cfg: StrategyConfig, prefix: str = "sample") -> Str
   if strat.scheduled and (cfg.sub_block or cfg.window):
     key = "sub_block" if cfg.sub_block else "window"
     _fail(prefix, key, f"not supported by the scheduled strategy {cfg.name!r}")
-  if cfg.allow_idle and strat.rule is not scheduled.ancestral_rule:
-    _fail(prefix, "allow_idle", "only the 'ancestral' strategies may commit nothing in a step")
+  if cfg.allow_idle and strat.rule not in (scheduled.ancestral_rule, scheduled.dream_rule):
+    _fail(prefix, "allow_idle", "only the 'ancestral' and 'dream' strategies may commit "
+          "nothing in a step")
   if strat.greedy and cfg.temperature != 0:
     _fail(prefix, "temperature", f"strategy {cfg.name!r} is the argmax variant and needs "
           f"temperature=0; use {cfg.name.removesuffix('_greedy')!r} to sample")

@@ -96,7 +96,9 @@ def dream_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   (topk_margin) or ``neg_entropy`` (entropy). Reference conventions (the defaults here):
   scores from the sampling distribution, filters in the order top-p then top-k.
   Not implemented: ``alg_temp > 0`` (positions sampled from ``softmax(score / alg_temp)``).
-  Where ``k = 0`` the never-stall rule still commits the top-1 [bdiff].
+  Where ``k = 0`` the never-stall rule still commits the top-1 [bdiff], unless
+  ``allow_idle``: then the step commits nothing, as the reference does (with ``steps`` equal to
+  the generation length its first step is such a step).
   """
   eps, steps = 1e-3, steps_per_block(cfg, inp.cand.shape[-1])
   step = inp.step.astype(jnp.float32)

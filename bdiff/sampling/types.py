@@ -62,7 +62,7 @@ class StrategyConfig:
   max_window: int = 0                  # DCD max window span in positions (0 = unbounded)
   # Ancestral.
   time_grid: str = "linear"            # "linear" or MD4 "cosine"
-  allow_idle: bool = False             # exact ancestral: steps may commit nothing
+  allow_idle: bool = False             # ancestral / dream: steps may commit nothing
   # AdaBlock's block-length rule: read only by strategies.adablock_block_length, which the
   # sampling loop does not call (its blocks have the model's fixed size).
   block_length: int = 32               # B0

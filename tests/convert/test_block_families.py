@@ -135,12 +135,13 @@ def test_dream_is_bidirectional_with_its_mask_token(converted):
   np.testing.assert_allclose(np.asarray(logits), g["logits"], rtol=RTOL, atol=ATOL)
 
 
-def test_dream_export_and_sampler_refusal(converted, tmp_path):
+def test_dream_export_and_full_attention_sampler(converted, tmp_path):
   out = str(tmp_path / "export")
   hf, _ = export_with_configs(converted("dream"), "dream", out)
   assert (hf["architectures"], hf["model_type"], hf["mask_token_id"]) == (["DreamModel"],
                                                                           "Dream", 3)
   assert "block_size" not in hf and "bd_size" not in hf
   assert_same_tensors(fixture_dir("dream"), out)
-  with pytest.raises(ValueError, match="model.attention='bidirectional'"):
-    runs.Sampler.from_run(converted("dream"))
+  # A full-attention model is sampled by the semi-autoregressive full-attention loop.
+  config = runs.Sampler.from_run(converted("dream")).config
+  assert config.full_attention and config.token_shift and config.cache_mode == "none"
