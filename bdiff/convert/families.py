@@ -62,10 +62,17 @@ BLOCK_FAMILIES = {
     "Fast_dLLM_Qwen": BlockFamily("bd_size", "|<MASK>|", True,
                                   (("strategy", "fast_dllm_v2"), ("threshold", 0.9),
                                    ("first_token_from_commit", True)), sub_block=8),
-    # Dream's diffusion_generate decodes the whole sequence at once (entropy-ordered).
-    "Dream": BlockFamily(None, "<|mask|>", True, (("strategy", "dream"),)),
-    # LLaDA's generate.py: low_confidence remasking on a fixed per-block schedule.
-    llada.MODEL_TYPE: BlockFamily(None, "<|mdm_mask|>", False, (("strategy", "static"),)),
+    # Dream's diffusion_generate decodes the whole generation as one block, ordered by
+    # negative entropy (alg="entropy", its README's setting); a step whose schedule reveals
+    # nothing commits nothing.
+    "Dream": BlockFamily(None, "<|mask|>", True, (("strategy", "dream"),
+                                                  ("confidence", "neg_entropy"),
+                                                  ("allow_idle", True))),
+    # LLaDA's generate.py: low_confidence remasking, semi-autoregressive blocks of 32 (its
+    # example's block_length), one token per step (steps = gen_length).
+    llada.MODEL_TYPE: BlockFamily(None, "<|mdm_mask|>", False, (("strategy", "static"),
+                                                                ("confidence", "prob"),
+                                                                ("block_size", 32))),
 }
 ROPE_TYPES = ("default", "llama3")
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor",

@@ -54,7 +54,8 @@ def test_config_is_llada_own():
               "bidirectional", MASK, 320, 64, 4, 2, 16, 128, 500000.0, 1e-5)
   assert not (m.qkv_bias or m.qk_norm or m.tie_embeddings or m.tied_logit_scale)
   assert not cfg.diffusion.token_shift and cfg.diffusion.block_size == cfg.train.seq_len
-  assert (cfg.sample.strategy, cfg.sample.max_prompt_len) == ("static", 256)
+  assert (cfg.sample.strategy, cfg.sample.confidence, cfg.sample.block_size, cfg.sample.steps,
+          cfg.sample.max_prompt_len) == ("static", "prob", 32, 0, 256)
 
 
 def test_released_8b_config_reads_as_llama_layers():
@@ -244,3 +245,20 @@ def test_dream_reference_decode_replays_on_the_converted_weights(converted):
   shift = lambda x: np.concatenate([x[:1], x[:-1]])  # noqa: E731
   for run, alg in enumerate(g["run_alg"]):
     replay(converted("dream"), g, run, dream_scores(str(alg)), lambda step: 1 << 30, shift)
+
+
+@pytest.mark.parametrize("family,settings", [("llada", dict(run_block_length=16)),
+                                             ("dream", dict(run_alg="entropy"))])
+def test_converted_sample_defaults_decode_as_the_reference(converted, family, settings):
+  """A converted run's own sample section decodes as its family's reference (LLaDA's blocks
+  of 32 hold the whole 16-token generation, like its block_length=16 runs; Dream's entropy
+  order with idle steps), given only the length."""
+  g = decode_golden(family)
+  key, value = next(iter(settings.items()))
+  cfg, params, tok = runs.restore_params(converted(family))
+  cfg.sample.update(max_new_tokens=int(g["gen_length"]), stop_at_eos=False)
+  prompts = [p[p >= 0] for p in g["prompts"]]
+  out, _ = runs.Sampler(cfg, params, tok).generate_batch(prompts, [0, 1], batch_size=2, width=8)
+  for run in np.flatnonzero(g[key] == value):
+    np.testing.assert_array_equal(out["tokens"][g["run_prompt"][run], :int(g["gen_length"])],
+                                  g["generated"][run], err_msg=f"{family} run {run}")
