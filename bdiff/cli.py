@@ -162,12 +162,15 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def output_file(path: str, flag: str) -> str:
-  """Check an output file's place before any work: its directory is created if missing."""
+  """Check an output file's place before any work: its directory is created if missing (by
+  process 0 of a multi-host run, the one that writes it)."""
   if os.path.isdir(path):
     raise UsageError(f"{flag} {path} is a directory; give a file name")
   parent = os.path.dirname(os.path.abspath(path))
   if os.path.exists(parent) and not os.path.isdir(parent):
     raise UsageError(f"{flag} {path}: {parent} is not a directory")
+  if not distributed.is_main_process():
+    return path
   os.makedirs(parent, exist_ok=True)
   if not os.access(parent, os.W_OK):
     raise UsageError(f"{flag} {path}: directory {parent} is not writable")
@@ -264,7 +267,6 @@ def cmd_export(args, overrides) -> None:
   _not_a_file(args.out, "--out")
   if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
     raise UsageError(f"--out {args.out} is not empty; pass --overwrite to write into it")
-  os.makedirs(args.out, exist_ok=True)
   print(json.dumps(convert.export_to_hf(args.workdir, args.out, dtype=args.dtype), indent=1))
 
 
@@ -273,7 +275,7 @@ def cmd_export(args, overrides) -> None:
 
 # Multi-host runs (jax.distributed): all three on every host, or none (auto-detected on TPU
 # pods, SLURM and Open MPI; a single process otherwise).
-MULTI_HOST = ("train",)
+MULTI_HOST = ("train", "sample", "eval", "export")
 _MULTI_HOST_FLAGS = {
     "coordinator_address": dict(metavar="HOST:PORT", help="multi-host: process 0's address"),
     "num_processes": dict(type=int, metavar="N", help="multi-host: number of processes"),

@@ -1,7 +1,7 @@
 """Multi-host start-up through JAX's own runtime (``jax.distributed``); no home-made layer.
 
-``bdiff train`` calls :func:`initialize` before JAX touches a device (multi-host sampling and
-evaluation are not built yet):
+``bdiff train``, ``sample``, ``eval`` and ``export`` call :func:`initialize` before JAX touches a
+device:
 
 * explicit: ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` on every
   host (what a hand-made cluster, or the localhost test, uses);
@@ -10,8 +10,10 @@ evaluation are not built yet):
 * otherwise a single process, nothing to do.
 
 After it, ``jax.devices()`` lists the devices of every host; meshes span them all, each host
-feeds its own rows (``jax.make_array_from_process_local_data``) and reads only its own shards
-of checkpoints (Orbax does this for sharded restores).
+feeds its own rows (``jax.make_array_from_process_local_data``, or :func:`global_array` when
+every host holds the whole input, as sampling's prompts) and reads only its own shards of
+checkpoints (Orbax does this for sharded restores). :func:`host_array` brings a result back
+whole; process 0 alone writes what the run shares (:func:`is_main_process`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import logging
 import os
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 log = logging.getLogger("bdiff")
 
@@ -100,3 +104,17 @@ def _summary(mode: str) -> dict:
 def is_main_process() -> bool:
   """Process 0 writes the run's shared files (metrics, run info); every process computes."""
   return jax.process_index() == 0
+
+
+def global_array(value: np.ndarray, sharding) -> jax.Array:
+  """``value`` (the same on every process) as one array over ``sharding``'s devices, each
+  process placing only the slices its own devices hold."""
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def host_array(value) -> np.ndarray:
+  """The whole of ``value`` as numpy on this process: gathered from the other processes when
+  some of it lives only there (a collective: every process must call it, in the same order)."""
+  if value.is_fully_addressable or value.is_fully_replicated:
+    return np.asarray(value)
+  return np.asarray(multihost_utils.process_allgather(value, tiled=True))

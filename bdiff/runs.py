@@ -33,6 +33,7 @@ import tqdm
 
 from bdiff import config as config_lib
 from bdiff import data as data_lib
+from bdiff import distributed
 from bdiff import sharding as sharding_lib
 from bdiff.data import chat as chat_lib
 from bdiff.sampling import config as sample_config
@@ -166,17 +167,42 @@ class Sampler:
   def _batch_shards(self) -> int:
     return self._mesh.shape["data"] * self._mesh.shape["fsdp"] if self._mesh else 1
 
+  def _sharded(self, batch: int) -> bool:
+    shards = self._batch_shards()
+    return self._mesh is not None and shards > 1 and batch % shards == 0
+
+  def _jit(self, batch: int):
+    """The sampler, rows split over the mesh (params kept in their own shardings) when the
+    batch divides; multi-host sampling has no other way to use the other hosts' devices."""
+    if self._sharded(batch):
+      rep, devices = sharding_lib.replicated(self._mesh), set(self._mesh.devices.flat)
+      params = jax.tree.map(  # arrays already on the mesh (FSDP shards) stay where they are
+          lambda a: a.sharding if getattr(a, "sharding", rep).device_set == devices else rep,
+          self.params)
+      return gen.make_sharded_generate(self.config, self._mesh, params)
+    if jax.process_count() > 1:
+      raise ValueError(
+          f"multi-host sampling splits each batch over the mesh's {self._batch_shards()} batch "
+          f"shards (mesh data x fsdp): sample.batch_size (and eval.batch_size) must be a "
+          f"multiple of it, got a batch of {batch}")
+    return jax.jit(lambda p, x, r, n, u: gen.generate_fn(p, x, r, n, u, config=self.config))
+
+  def _args(self, x: np.ndarray, rng, lengths: np.ndarray, ids: np.ndarray) -> tuple:
+    """The sampler's arguments; rows as arrays over the mesh when sharded (every process
+    holds all prompts and places the rows its devices decode)."""
+    if not self._sharded(len(x)):
+      return self.params, x, rng, lengths, ids
+    rows = sharding_lib.batch_sharding(self._mesh)
+    put = lambda a: distributed.global_array(a, rows)  # noqa: E731
+    return self.params, put(x), rng, put(lengths), put(ids)
+
   def _fn(self, batch: int, width: int):
     """The compiled sampler for one batch shape (compiled once; time kept apart)."""
     key = (batch, width)
     if key not in self._compiled:
-      shards = self._batch_shards()
-      if self._mesh is not None and shards > 1 and batch % shards == 0:
-        fn = gen.make_sharded_generate(self.config, self._mesh)
-      else:
-        fn = jax.jit(lambda p, x, r, n, u: gen.generate_fn(p, x, r, n, u, config=self.config))
-      args = (self.params, np.zeros((batch, width), np.int32), jax.random.key(0),
-              np.ones((batch,), np.int32), np.arange(batch, dtype=np.int32))
+      fn = self._jit(batch)
+      args = self._args(np.zeros((batch, width), np.int32), jax.random.key(0),
+                        np.ones((batch,), np.int32), np.arange(batch, dtype=np.int32))
       start = time.perf_counter()
       self._compiled[key] = fn.lower(*args).compile()
       jax.block_until_ready(self._compiled[key](*args))  # first-run setup is not decode time
@@ -194,12 +220,12 @@ class Sampler:
     for i, (p, rid) in enumerate(zip(prompts, row_ids)):
       x[i, :len(p)], lengths[i], ids[i] = p, len(p), rid
     fn = self._fn(batch_size, width)
-    rng = jax.random.key(self.cfg.sample.seed)
+    args = self._args(x, jax.random.key(self.cfg.sample.seed), lengths, ids)
     start = time.perf_counter()
-    out = jax.block_until_ready(fn(self.params, x, rng, lengths, ids))
+    out = jax.block_until_ready(fn(*args))
     seconds = time.perf_counter() - start
-    return {k: np.asarray(v)[:n] if np.ndim(v) else np.asarray(v) for k, v in out.items()}, \
-        seconds
+    out = {k: distributed.host_array(v) for k, v in sorted(out.items())}  # same order everywhere
+    return {k: v[:n] if np.ndim(v) else v for k, v in out.items()}, seconds
 
   def sample(self, texts: Sequence[str | Sequence[dict]], *, batch_size: int | None = None,
              first_id: int = 0, progress: bool = False) -> list[dict]:
@@ -280,9 +306,10 @@ def sample_file(cfg, workdir: str, prompts_path: str, out_path: str) -> list[dic
     chat_lib.template_for_tokenizer(cfg.data.tokenizer, required=True)
   sampler = Sampler.from_run(workdir, cfg)
   records = sampler.sample(prompts, progress=True)
-  with open(out_path, "w", encoding="utf-8") as f:
-    for rec in records:
-      f.write(json.dumps(rec) + "\n")
+  if distributed.is_main_process():  # every process decodes (its rows); one writes
+    with open(out_path, "w", encoding="utf-8") as f:
+      for rec in records:
+        f.write(json.dumps(rec) + "\n")
   tokens = sum(r["num_tokens"] for r in records)
   seconds = batch_seconds(records, sampler.cfg.sample.batch_size)
   log.info("sampled %d prompts, %d tokens in %.2fs (+%.2fs compile) -> %s", len(records),

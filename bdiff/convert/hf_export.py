@@ -17,6 +17,7 @@ family's mask token, and ``vocab_size`` grows by one; an untied head gets a zero
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,10 +27,10 @@ import ml_collections
 import ml_dtypes
 import numpy as np
 
-from bdiff import runs
+from bdiff import distributed, runs
 from bdiff.convert import families, layout
 from bdiff.convert.hf_import import HF_SUBDIR, META
-from bdiff.convert.safetensors_io import write
+from bdiff.convert.safetensors_io import SINGLE, StreamWriter
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -47,27 +48,45 @@ def _side(workdir: str) -> tuple[str, dict, dict | None]:
   return side, meta, base
 
 
-def hf_tensors(params, model_cfg, dtype: str = "float32") -> dict[str, np.ndarray]:
-  """HF name -> numpy tensor for a bdiff params tree (gathered to this host).
+def _scaled_tied_head(model_cfg) -> bool:
+  return model_cfg.tie_embeddings and model_cfg.tied_logit_scale
+
+
+def hf_tensor_specs(params, model_cfg) -> list[tuple[str, tuple[int, ...]]]:
+  """(HF name, shape) of every exported tensor, in the order :func:`iter_hf_tensors` yields
+  them (from shapes alone: nothing is gathered)."""
+  specs = []
+  for m in layout.tensor_maps(params, model_cfg):
+    specs += [(name, m.hf_shape) for name in m.hf_names]
+    if m.path == ("embed",) and _scaled_tied_head(model_cfg):
+      specs.append(("lm_head.weight", m.hf_shape))
+  return [(n, (model_cfg.vocab_size, s[1]) if n == "lm_head.weight" else s) for n, s in specs]
+
+
+def iter_hf_tensors(params, model_cfg, dtype: str = "float32"):
+  """(HF name, numpy tensor) for a bdiff params tree, one parameter gathered to this host at a
+  time (a collective across processes: every process iterates it to the end).
 
   bdiff's own tied head scales logits by 1/sqrt(d_model), which a HF tied head cannot: it is
   written as an untied ``lm_head`` holding the scaled embedding (the same function). An
   untied head narrower than ``model_cfg.vocab_size`` (an adapted model's [MASK] became a
   token) gets zero rows for the tokens it never predicted.
   """
-  maps = layout.tensor_maps(params, model_cfg)
-  out = {}
-  for m, leaf in zip(maps, jax.tree.leaves(params)):
-    for name, value in m.to_hf(np.asarray(jax.device_get(leaf))).items():
-      out[name] = value
-  if model_cfg.tie_embeddings and model_cfg.tied_logit_scale:
-    out["lm_head.weight"] = out["model.embed_tokens.weight"] * np.float32(
-        model_cfg.d_model ** -0.5)
-  head = out.get("lm_head.weight")
-  if head is not None and head.shape[0] < model_cfg.vocab_size:
-    missing = np.zeros((model_cfg.vocab_size - head.shape[0], head.shape[1]), head.dtype)
-    out["lm_head.weight"] = np.concatenate([head, missing])
-  return {name: value.astype(NUMPY_DTYPES[dtype]) for name, value in out.items()}
+  cast = NUMPY_DTYPES[dtype]
+  for m, leaf in zip(layout.tensor_maps(params, model_cfg), jax.tree.leaves(params)):
+    for name, value in m.to_hf(distributed.host_array(leaf)).items():
+      if name == "lm_head.weight" and value.shape[0] < model_cfg.vocab_size:
+        value = np.concatenate([value, np.zeros(
+            (model_cfg.vocab_size - value.shape[0], value.shape[1]), value.dtype)])
+      yield name, value.astype(cast)
+      if name == "model.embed_tokens.weight" and _scaled_tied_head(model_cfg):
+        yield "lm_head.weight", (value * np.float32(model_cfg.d_model ** -0.5)).astype(cast)
+
+
+def hf_tensors(params, model_cfg, dtype: str = "float32") -> dict[str, np.ndarray]:
+  """HF name -> numpy tensor for a bdiff params tree (all of it on this host at once; the
+  export itself streams :func:`iter_hf_tensors` instead)."""
+  return dict(iter_hf_tensors(params, model_cfg, dtype))
 
 
 def is_adapted(cfg) -> bool:
@@ -190,12 +209,46 @@ def write_mask_tokenizer(tokenizer_path: str, config_path: str, out_dir: str, to
   return name
 
 
+def _write_tensors(out_dir: str, specs, tensors, dtype: str, main: bool) -> str:
+  """Stream ``tensors`` into ``model.safetensors`` on process 0; the other processes only take
+  part in each gather."""
+  with (StreamWriter(out_dir, specs, NUMPY_DTYPES[dtype]) if main
+        else contextlib.nullcontext()) as writer:
+    for name, value in tensors:
+      if main:
+        writer.write(name, value)
+  return SINGLE
+
+
+def _write_files(out_dir: str, hf: dict, cfg, side: str, tokenizer: str | None,
+                 model) -> tuple[list[str], dict]:
+  """config.json, the tokenizer (with an adapted run's mask token added) and the checkpoint's
+  other files; returns (file names, summary additions)."""
+  with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(hf, f, indent=2)
+  files, extra, written = ["config.json"], {}, ()
+  if is_adapted(cfg):
+    written = TOKENIZER_FILES
+    extra["mask_token"] = write_mask_tokenizer(
+        tokenizer, os.path.join(side, "tokenizer_config.json"), out_dir, model.mask_token_id,
+        families.BLOCK_FAMILIES[hf["model_type"]].mask_token)
+    files += list(written)
+  if os.path.isdir(side):
+    for name in sorted(os.listdir(side)):
+      if name not in ("config.json", META) + written:
+        shutil.copy2(os.path.join(side, name), os.path.join(out_dir, name))
+        files.append(name)
+  return files, extra
+
+
 def export_to_hf(workdir: str, out_dir: str, *, dtype: str | None = None) -> dict:
   """Write the run in ``workdir`` (EMA weights when it has them) as a HF directory.
 
   ``dtype`` defaults to the imported checkpoint's (float32 for runs bdiff trained itself).
-  Returns a summary: family, dtype, tensors, files written (and the mask token an adapted
-  run's [MASK] row became).
+  Multi-host: each process restores its own shards of the weights, which are gathered one
+  parameter at a time; process 0 writes every file, the others nothing. Returns a summary:
+  family, dtype, tensors, files written (and the mask token an adapted run's [MASK] row
+  became).
   """
   side, meta, base = _side(workdir)
   dtype = dtype or meta.get("dtype", "float32")
@@ -205,22 +258,12 @@ def export_to_hf(workdir: str, out_dir: str, *, dtype: str | None = None) -> dic
   tokenizer = _tokenizer_source(side, cfg)
   model, hf = export_plan(cfg, base, tokenizer, dtype)
   cfg, params, _ = runs.restore_params(workdir, cfg)
-  tensors = hf_tensors(params, model, dtype)
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(hf, f, indent=2)
-  files = ["config.json", os.path.basename(write(out_dir, tensors))]
-  summary = {"family": hf["model_type"], "dtype": dtype, "tensors": len(tensors)}
-  written = ()
-  if is_adapted(cfg):
-    written = TOKENIZER_FILES
-    summary["mask_token"] = write_mask_tokenizer(
-        tokenizer, os.path.join(side, "tokenizer_config.json"), out_dir, model.mask_token_id,
-        families.BLOCK_FAMILIES[hf["model_type"]].mask_token)
-    files += list(written)
-  if os.path.isdir(side):
-    for name in sorted(os.listdir(side)):
-      if name not in ("config.json", META) + written:
-        shutil.copy2(os.path.join(side, name), os.path.join(out_dir, name))
-        files.append(name)
-  return {**summary, "files": files, "out_dir": os.path.abspath(out_dir)}
+  specs = hf_tensor_specs(params, model)
+  main = distributed.is_main_process()
+  if main:
+    os.makedirs(out_dir, exist_ok=True)
+  weights = _write_tensors(out_dir, specs, iter_hf_tensors(params, model, dtype), dtype, main)
+  files, extra = _write_files(out_dir, hf, cfg, side, tokenizer, model) if main else ([], {})
+  return {"family": hf["model_type"], "dtype": dtype, "tensors": len(specs), **extra,
+          "files": files[:1] + [weights] + files[1:] if main else [],
+          "out_dir": os.path.abspath(out_dir)}

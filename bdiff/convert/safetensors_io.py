@@ -1,5 +1,5 @@
 """Reading a Hugging Face checkpoint's safetensors (one file or shards with their index)
-slice by slice, and writing one back.
+slice by slice, and writing one back tensor by tensor.
 
 Only headers are read up front (names, shapes, dtypes); tensor bytes are read per requested
 slice, so a host never loads more of a tensor than its devices hold.
@@ -15,13 +15,13 @@ import numpy as np
 
 try:  # the optional `hf` extra: bdiff without it still imports (and trains, samples)
   from safetensors import safe_open
-  from safetensors.numpy import save_file
 except ImportError:
-  safe_open = save_file = None
+  safe_open = None
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+ST_DTYPES = {name: code for code, name in FLOAT_DTYPES.items()}
 
 
 def require_hf_extra() -> None:
@@ -86,10 +86,58 @@ class CheckpointReader(contextlib.ExitStack):
     return np.asarray(sl[slices]).astype(np.float32)
 
 
+class StreamWriter(contextlib.AbstractContextManager):
+  """``model.safetensors`` written one tensor at a time (never the whole model in memory).
+
+  The header (names, dtype, shapes, offsets; the ``format: pt`` metadata transformers
+  expects) is known from ``specs``, the (name, shape) of every tensor in the order they will
+  be written, so it goes first; then each :meth:`write` appends one tensor's bytes. The file
+  follows the safetensors format: an 8-byte little-endian header length, the JSON header
+  padded with spaces to 8 bytes, the tensors' bytes back to back.
+  """
+
+  def __init__(self, out_dir: str, specs: list[tuple[str, tuple[int, ...]]], dtype):
+    self.path = os.path.join(out_dir, SINGLE)
+    self.dtype = np.dtype(dtype)
+    self._specs, self._next = list(specs), 0
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in self._specs:
+      size = int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
+      header[name] = {"dtype": ST_DTYPES[self.dtype.name], "shape": list(shape),
+                      "data_offsets": [offset, offset + size]}
+      offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    self._header = text + b" " * (-len(text) % 8)
+    self._file = None
+
+  def __enter__(self):
+    self._file = open(self.path, "wb")  # pylint: disable=consider-using-with
+    self._file.write(len(self._header).to_bytes(8, "little") + self._header)
+    return self
+
+  def write(self, name: str, value: np.ndarray) -> None:
+    """Append the next tensor; ValueError unless it is the next one of ``specs``."""
+    want = self._specs[self._next] if self._next < len(self._specs) else None
+    if want != (name, tuple(value.shape)) or value.dtype != self.dtype:
+      raise ValueError(f"tensor {name} {value.dtype}{list(value.shape)} written where the "
+                       f"header has {want} {self.dtype}")
+    self._file.write(memoryview(np.ascontiguousarray(value).view(np.uint8)))
+    self._next += 1
+
+  def __exit__(self, *exc):
+    self._file.close()
+    if exc[0] is None and self._next != len(self._specs):
+      raise ValueError(f"{self.path}: {len(self._specs) - self._next} tensors of the header "
+                       f"were never written, e.g. {self._specs[self._next][0]}")
+    return False
+
+
 def write(out_dir: str, tensors: dict[str, np.ndarray]) -> str:
-  """One ``model.safetensors`` with the ``format: pt`` metadata transformers expects."""
-  require_hf_extra()
-  path = os.path.join(out_dir, SINGLE)
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path,
-            metadata={"format": "pt"})
-  return path
+  """One ``model.safetensors`` holding ``tensors`` (one float dtype)."""
+  dtypes = {v.dtype for v in tensors.values()}
+  if len(dtypes) != 1:
+    raise ValueError(f"write: tensors of one dtype, got {sorted(map(str, dtypes))}")
+  with StreamWriter(out_dir, [(k, v.shape) for k, v in tensors.items()], dtypes.pop()) as w:
+    for name, value in tensors.items():
+      w.write(name, value)
+  return w.path
