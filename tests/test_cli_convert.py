@@ -6,9 +6,11 @@ import math
 import os
 import shutil
 
+import jax
+import numpy as np
 import pytest
 
-from bdiff import cli
+from bdiff import cli, runs
 from bdiff.train import checkpointing
 
 from cli_common import call, one_line_error  # tests/cli_common.py
@@ -50,6 +52,18 @@ def test_converted_checkpoint_holds_weights_only_and_trains(capsys, run, tmp_pat
   assert checkpointing.saved_items(str(workdir)) >= {"params", "opt_state", "step"}
   metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert metrics[-1]["step"] == 1 and math.isfinite(metrics[-1]["loss"])
+
+
+def test_a_run_configured_with_ema_samples_the_converted_weights(run, tmp_path):
+  """The weights-only checkpoint has no EMA copy: inference reads its params."""
+  workdir = tmp_path / "ema"
+  assert cli.main(["convert", "--from_hf", QWEN3, "--workdir", str(workdir),
+                   "--config.optim.ema_decay=0.999"]) == 0
+  cfg, params, _ = runs.restore_params(str(workdir))
+  assert cfg.optim.ema_decay == 0.999
+  _, plain, _ = runs.restore_params(str(run))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(plain)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_export_writes_a_hf_directory_and_keeps_a_full_one(capsys, run, tmp_path):

@@ -16,6 +16,7 @@ from safetensors.numpy import load_file
 from bdiff import config as config_lib
 from bdiff import convert, masks, runs, sharding
 from bdiff.convert import families, hf_export
+from bdiff.convert.safetensors_io import StreamWriter
 from bdiff.models import make_model
 from bdiff.train import checkpointing
 from bdiff.train import state as state_lib
@@ -159,3 +160,21 @@ def test_a_tokenizer_holding_the_masks_id_is_refused(tmp_path):
   with pytest.raises(ValueError, match="already has a token of id 299"):
     hf_export.write_mask_tokenizer(str(path), str(tmp_path / "none.json"), str(tmp_path), 299,
                                    "<|MASK|>")
+
+
+def test_the_streamed_safetensors_follow_their_header(tmp_path):
+  """Tensors are written one at a time after a header made from their specs: one out of order,
+  or one never written, is an error naming it (the file would not match its header)."""
+  specs = [("a", (2,)), ("b", (3,))]
+  with pytest.raises(ValueError, match=r"tensor b float32\[3\] written where the header has "
+                                       r"\('a', \(2,\)\)"):
+    with StreamWriter(str(tmp_path), specs, np.float32) as writer:
+      writer.write("b", np.zeros(3, np.float32))
+  with pytest.raises(ValueError, match="1 tensors of the header were never written, e.g. b"):
+    with StreamWriter(str(tmp_path), specs, np.float32) as writer:
+      writer.write("a", np.ones(2, np.float32))
+  with StreamWriter(str(tmp_path), specs, np.float32) as writer:
+    writer.write("a", np.ones(2, np.float32))
+    writer.write("b", np.arange(3, dtype=np.float32))
+  back = load_file(writer.path)
+  np.testing.assert_array_equal(back["b"], np.arange(3, dtype=np.float32))
