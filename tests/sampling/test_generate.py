@@ -78,7 +78,7 @@ CASES = {
 def test_cache_equals_no_cache_reference(params, prompts, case):
   kw = dict(CASES[case])
   config = sampler(**kw)
-  ref_config = dataclasses.replace(config, use_cache=False)
+  ref_config = dataclasses.replace(config, cache="none")  # sample.cache="none"
   rng = jax.random.key(3)
   out = as_np(gen.generate(params, prompts, rng, config, LENGTHS, trace=True))
   ref = as_np(gen.generate(params, prompts, rng, ref_config, LENGTHS, trace=True))
