@@ -53,8 +53,8 @@ def _scaled_tied_head(model_cfg) -> bool:
 
 
 def hf_tensor_specs(params, model_cfg) -> list[tuple[str, tuple[int, ...]]]:
-  """(HF name, shape) of every exported tensor, in the order :func:`iter_hf_tensors` yields
-  them (from shapes alone: nothing is gathered)."""
+  """(HF name, shape) of every tensor :func:`iter_hf_tensors` yields, from shapes alone
+  (nothing is gathered)."""
   specs = []
   for m in layout.tensor_maps(params, model_cfg):
     specs += [(name, m.hf_shape) for name in m.hf_names]

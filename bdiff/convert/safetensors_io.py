@@ -90,21 +90,22 @@ class StreamWriter(contextlib.AbstractContextManager):
   """``model.safetensors`` written one tensor at a time (never the whole model in memory).
 
   The header (names, dtype, shapes, offsets; the ``format: pt`` metadata transformers
-  expects) is known from ``specs``, the (name, shape) of every tensor in the order they will
-  be written, so it goes first; then each :meth:`write` appends one tensor's bytes. The file
-  follows the safetensors format: an 8-byte little-endian header length, the JSON header
-  padded with spaces to 8 bytes, the tensors' bytes back to back.
+  expects) is known from ``specs``, the (name, shape) of every tensor, so it goes first; each
+  :meth:`write` then puts one tensor's bytes at its offset. Tensors lie in name order whatever
+  order they are written in, so the same tensors always give the same file. The format is
+  safetensors': an 8-byte little-endian header length, the JSON header padded with spaces to
+  8 bytes, the tensors' bytes back to back.
   """
 
   def __init__(self, out_dir: str, specs: list[tuple[str, tuple[int, ...]]], dtype):
     self.path = os.path.join(out_dir, SINGLE)
     self.dtype = np.dtype(dtype)
-    self._specs, self._next = list(specs), 0
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape in self._specs:
+    header, offset, self._pending = {"__metadata__": {"format": "pt"}}, 0, {}
+    for name, shape in sorted(specs):
       size = int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
       header[name] = {"dtype": ST_DTYPES[self.dtype.name], "shape": list(shape),
                       "data_offsets": [offset, offset + size]}
+      self._pending[name] = (tuple(shape), offset)
       offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
     self._header = text + b" " * (-len(text) % 8)
@@ -116,19 +117,22 @@ class StreamWriter(contextlib.AbstractContextManager):
     return self
 
   def write(self, name: str, value: np.ndarray) -> None:
-    """Append the next tensor; ValueError unless it is the next one of ``specs``."""
-    want = self._specs[self._next] if self._next < len(self._specs) else None
-    if want != (name, tuple(value.shape)) or value.dtype != self.dtype:
-      raise ValueError(f"tensor {name} {value.dtype}{list(value.shape)} written where the "
-                       f"header has {want} {self.dtype}")
+    """Put one tensor of the header in place; ValueError if the header does not (or no longer)
+    expect it with this shape and dtype."""
+    shape, offset = self._pending.get(name, (None, 0))
+    if shape != tuple(value.shape) or value.dtype != self.dtype:
+      raise ValueError(f"tensor {name} {value.dtype}{list(value.shape)} is not one the header "
+                       f"still expects (it has {name} {self.dtype}{list(shape or ())} "
+                       f"{'unwritten' if shape else 'written or absent'})")
+    del self._pending[name]
+    self._file.seek(8 + len(self._header) + offset)
     self._file.write(memoryview(np.ascontiguousarray(value).view(np.uint8)))
-    self._next += 1
 
   def __exit__(self, *exc):
     self._file.close()
-    if exc[0] is None and self._next != len(self._specs):
-      raise ValueError(f"{self.path}: {len(self._specs) - self._next} tensors of the header "
-                       f"were never written, e.g. {self._specs[self._next][0]}")
+    if exc[0] is None and self._pending:
+      raise ValueError(f"{self.path}: {len(self._pending)} tensors of the header were never "
+                       f"written, e.g. {next(iter(self._pending))}")
     return False
 
 
