@@ -26,8 +26,10 @@ FULL_ATTENTION_CACHES = ("none", "prefix", "dual")  # exact recompute, Fast-dLLM
 APPROXIMATE_CACHES = ("prefix", "dual")
 PROMPT_PREFIXES = ("auto", "none", "bos", "eos")
 STRICT_CHOICES = ("auto", "true", "false")
-# Strategies whose rule the fixed-block exact loop cannot host (see generate.py).
+# Strategies the block-causal loop cannot host: AdaBlock chooses each block's length at
+# runtime, a block-causal model's blocks have the size it was trained with.
 UNSUPPORTED_STRATEGIES = ("adablock",)
+ADAPTIVE_BLOCK_CACHES = ("none", "prefix", "dual")  # caches that follow AdaBlock's block end
 
 _LOOP_DEFAULTS = dict(
     max_new_tokens=64,
@@ -228,6 +230,22 @@ def _check_regime(cfg, context_causal: bool, attention_impl: str) -> None:
         "sample.commit='fused' with the cache, or model.attention_impl='xla'")
 
 
+def _check_adablock(scfg, longest: int, full_attention: bool, cache: str) -> None:
+  """AdaBlock runs in the full-attention loop only, its default length within the longest,
+  under a cache that follows a runtime block end."""
+  if scfg.name in UNSUPPORTED_STRATEGIES and not full_attention:
+    raise ValueError(f"sample.strategy={scfg.name!r} chooses each block's length at runtime, "
+                     "which needs a full-attention model (model.attention='bidirectional'); "
+                     "a block-causal model decodes blocks of its trained diffusion.block_size")
+  if scfg.name == "adablock" and scfg.block_length > longest:
+    raise ValueError(f"sample.block_length={scfg.block_length} (AdaBlock's default block "
+                     f"length) exceeds the longest block, sample.block_size (resolved: "
+                     f"{longest}); lower it or raise sample.block_size")
+  if scfg.name == "adablock" and cache not in ADAPTIVE_BLOCK_CACHES:
+    raise ValueError(f"sample.cache={cache!r} keeps blocks of sample.block_size; "
+                     f"sample.strategy='adablock' runs with {ADAPTIVE_BLOCK_CACHES}")
+
+
 def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None, *,
                            context_causal: bool = False, attention_impl: str = "xla",
                            full_attention: bool = False) -> None:
@@ -249,9 +267,8 @@ def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None
     _check_block_size(cfg, block_size)
   scfg = strategy_config(cfg, decode_block_size(cfg, block_size, full_attention))
   strategies_lib.validate_strategy_config(scfg, prefix="sample")
-  if scfg.name in UNSUPPORTED_STRATEGIES:
-    raise ValueError(f"sample.strategy={scfg.name!r} needs variable-length blocks, which the "
-                     "fixed-block exact-cache loop does not host")
+  _check_adablock(scfg, decode_block_size(cfg, block_size, full_attention), full_attention,
+                  resolve_cache(cfg.cache, cfg.use_cache, full_attention))
   if token_shift is False and cfg.first_token_from_commit:
     raise ValueError("sample.first_token_from_commit is only meaningful for token-shifted "
                      "models (diffusion.token_shift=True)")

@@ -29,6 +29,12 @@ max_new_tokens`` (padding of a shorter prompt, the shape's tail) are invisible t
 equals ``none``). Both caches are approximations: the cached K/V were computed while the block
 still held [MASK]. Their drift from ``none`` is measured by ``bdiff.sampling.drift``.
 
+AdaBlock (``sample.strategy="adablock"``: Lu et al., arXiv 2509.26432, lgxi24/AdaBlock-dLLM)
+chooses each block's length at its first step, per row, from the most confident delimiter
+proposal (``strategies.adablock_block_length``), within ``[1, block_size]``: ``block_size`` is
+then the longest block (the static window) and the active block ends at ``blk_start +
+blk_len``. The ``dual`` cache takes the keys past that end from the cache.
+
 Token-shifted models (Dream: the logits at ``i - 1`` predict ``i``): a cached forward also
 queries the position just before the block, so every block position gets a fresh prediction.
 (Fast-dLLM's Dream code instead commits the block's first token from the block-start forward.)
@@ -55,8 +61,10 @@ def _init(config: SamplerConfig, prompts, rows: Rows, trace: bool) -> LoopState:
   """The canvas (prompt, then [MASK]) with room for whole blocks past every row's budget."""
   bsz, width = prompts.shape
   blk = config.block_size
-  # Whole blocks fit past the widest budget, so a block's window is never clipped.
-  length = width + -(-config.max_new_tokens // blk) * blk
+  # A block's window is never clipped: whole blocks fit past the widest budget, or, when
+  # lengths vary (AdaBlock), a full window from the budget's last position.
+  room = -(-config.max_new_tokens // blk) * blk
+  length = width + (config.max_new_tokens + blk if config.adaptive_blocks else room)
   pos = jnp.arange(length, dtype=jnp.int32)[None, :]
   padded = jnp.pad(prompts.astype(jnp.int32), ((0, 0), (0, length - width)))
   zeros = jnp.zeros((bsz,), jnp.int32)
@@ -71,6 +79,9 @@ def _init(config: SamplerConfig, prompts, rows: Rows, trace: bool) -> LoopState:
       prev_logits=jnp.zeros((bsz, 0), jnp.float32), cache=cache,
       strat=strategies_lib.init_state(config.strategy, bsz, blk),
       it=jnp.zeros((), jnp.int32), trace=None)
+  if config.adaptive_blocks:
+    state = state._replace(blk_len=jnp.full((bsz,), blk, jnp.int32),
+                           blk_log=jnp.zeros((bsz, config.max_new_tokens), jnp.int32))
   return loop_lib.init_trace(config, state, length) if trace else state
 
 
@@ -105,10 +116,13 @@ def _cached_forward(config: SamplerConfig, apply, state: LoopState, rows: Rows):
   pos = start[:, None] + jnp.arange(width, dtype=jnp.int32)[None, :]
   slot = jnp.arange(length, dtype=jnp.int32)[None, :]
   stale = slot < start[:, None]  # cached prefix; queried positions use their fresh K/V
+  fresh_end = rows.limit
   if config.cache_mode == "dual":
-    block_end = (state.blk_start + config.block_size)[:, None]
-    stale |= (slot >= block_end) & (slot < rows.limit[:, None])
-  kv_seg = jnp.concatenate([stale, pos < rows.limit[:, None]], axis=1).astype(jnp.int32)
+    block_end = loop_lib.block_end(config, state)
+    stale |= (slot >= block_end[:, None]) & (slot < rows.limit[:, None])
+    # A runtime-length block (AdaBlock) ends inside the window: past it, the stale copy.
+    fresh_end = jnp.minimum(fresh_end, block_end)
+  kv_seg = jnp.concatenate([stale, pos < fresh_end[:, None]], axis=1).astype(jnp.int32)
   seg = (jnp.ones(win.shape, jnp.int32), kv_seg)
   z = apply(win, pos, masks_lib.full(width, length + width), cache=state.cache,
             segment_ids=seg)
@@ -151,12 +165,30 @@ def _forward(config: SamplerConfig, apply, state: LoopState, rows: Rows):
   return logits, cache, positions
 
 
+def _choose_block(config: SamplerConfig, state: LoopState, rows: Rows, logits) -> LoopState:
+  """AdaBlock (Lu et al., "AdaBlock-dLLM", arXiv 2509.26432; lgxi24/AdaBlock-dLLM
+  ``generate_adablock.py``): at a block's first step, the block's length from the most
+  confident delimiter among that step's proposals (drawn with the step's own keys, so they
+  are the tokens the step commits), in ``[1, block_size]``; recorded in ``blk_log``."""
+  if not config.adaptive_blocks:
+    return state
+  fresh = (state.step_in_blk == 0) & ~state.done
+  window = loop_lib.open_positions(config, state._replace(blk_len=None), rows)
+  chosen = strategies_lib.adablock_block_length(
+      config.strategy, logits, window, loop_lib.step_keys(state, rows),
+      rows.limit - state.blk_start)
+  at = (jnp.arange(config.max_new_tokens)[None, :]
+        == (state.blk_start - rows.lengths)[:, None]) & fresh[:, None]
+  return state._replace(blk_len=jnp.where(fresh, chosen, state.blk_len),
+                        blk_log=jnp.where(at, chosen[:, None], state.blk_log))
+
+
 def _advance(config: SamplerConfig, state: LoopState, rows: Rows) -> LoopState:
   """Rows whose block filled: done (stop token or budget) or on to the next block."""
   finished, advance = loop_lib.block_status(config, state, rows)
   return state._replace(
       done=state.done | finished,
-      blk_start=jnp.where(advance, state.blk_start + config.block_size, state.blk_start),
+      blk_start=jnp.where(advance, loop_lib.block_end(config, state), state.blk_start),
       step_in_blk=jnp.where(advance, 0, state.step_in_blk))
 
 
@@ -169,7 +201,8 @@ def generate_fn(params, prompts, rows: Rows, *, config: SamplerConfig,
   def step(st: LoopState) -> LoopState:
     busy = ~st.done
     logits, cache, positions = _forward(config, apply, st, rows)
-    st = loop_lib.denoise(config, st._replace(cache=cache), rows, logits)
+    st = _choose_block(config, st._replace(cache=cache), rows, logits)
+    st = loop_lib.denoise(config, st, rows, logits)
     st = st._replace(positions=st.positions + jnp.where(busy, positions, 0))
     return _advance(config, st, rows)
 

@@ -70,6 +70,11 @@ class SamplerConfig:
     return config_lib.resolve_cache(self.cache, self.use_cache, self.full_attention)
 
   @property
+  def adaptive_blocks(self) -> bool:
+    """Each block's length is chosen at runtime (AdaBlock; full-attention models only)."""
+    return self.full_attention and self.strategy.name == "adablock"
+
+  @property
   def prompt_multiple(self) -> int:
     """Prompt widths are rounded up to this (few compiled shapes; whole blocks for the
     block-causal loop, whose buffer is made of blocks)."""
@@ -98,6 +103,8 @@ class SamplerConfig:
     """Loop bound: per block at most ``max(B, steps)`` denoising steps (plus one commit pass
     for block-causal models); ``length`` is the block-causal loop's buffer length."""
     per_block = max(self.block_size, self.strategy.steps)
+    if self.adaptive_blocks:  # blocks of one position at worst, each step commits >= 1
+      return self.max_new_tokens + 1
     if self.full_attention:
       return -(-self.max_new_tokens // self.block_size) * per_block + 1
     return (length // self.block_size) * (per_block + 1) + 1
@@ -133,6 +140,8 @@ class LoopState(NamedTuple):
   strat: dict              # strategy state
   it: jax.Array            # scalar int32 iterations (forwards after prefill)
   trace: Any               # [T, b, L] token buffers per iteration (debug), or None
+  blk_len: Any = None      # [b] int32 active block length (AdaBlock), None = block_size
+  blk_log: Any = None      # [b, G] int32 chosen lengths, at their block's generation offset
 
 
 def apply_fn(config: SamplerConfig, params):
@@ -144,12 +153,24 @@ def block_positions(state: LoopState, block: int) -> jax.Array:
   return state.blk_start[:, None] + jnp.arange(block, dtype=jnp.int32)[None, :]
 
 
+def block_end(config: SamplerConfig, state: LoopState) -> jax.Array:
+  """``[b]`` end of the active block: ``blk_start`` plus its runtime or fixed length."""
+  return state.blk_start + (config.block_size if state.blk_len is None else state.blk_len)
+
+
+def step_keys(state: LoopState, rows: Rows) -> jax.Array:
+  """``[b]`` this step's per-row keys: ``fold_in(fold_in(rng, row_id), nfe_denoise)``."""
+  return jax.vmap(lambda u, n: jax.random.fold_in(jax.random.fold_in(rows.rng, u), n))(
+      rows.row_ids, state.nfe_denoise)
+
+
 def open_positions(config: SamplerConfig, state: LoopState, rows: Rows) -> jax.Array:
-  """``[b, B]`` positions of the active block still to be filled (MASK, in budget, pre-stop)."""
+  """``[b, B]`` positions of the active block still to be filled (MASK, in budget, pre-stop,
+  before the block's end)."""
   pos = block_positions(state, config.block_size)
   win = cache_lib.gather_windows(state.tokens, state.blk_start, config.block_size)
-  return ((win == config.mask_id) & (pos < rows.limit[:, None])
-          & (pos < state.stop_pos[:, None]))
+  end = jnp.minimum(rows.limit, jnp.minimum(state.stop_pos, block_end(config, state)))
+  return (win == config.mask_id) & (pos < end[:, None])
 
 
 def first_stop(config: SamplerConfig, commit: jax.Array, values: jax.Array,
@@ -166,7 +187,7 @@ def block_status(config: SamplerConfig, state: LoopState, rows: Rows):
   are done (stop token inside it, or budget reached) and those that move on."""
   complete = ~state.done & ~state.needs_commit & ~jnp.any(open_positions(config, state, rows),
                                                            -1)
-  end = state.blk_start + config.block_size
+  end = block_end(config, state)
   finished = complete & ((state.stop_pos < end) | (end >= rows.limit))
   return finished, complete & ~finished
 
@@ -178,8 +199,7 @@ def denoise(config: SamplerConfig, state: LoopState, rows: Rows, logits) -> Loop
   """
   active = ~state.done if config.fused else ~state.done & ~state.needs_commit
   masked = open_positions(config, state, rows) & active[:, None]
-  keys = jax.vmap(lambda u, n: jax.random.fold_in(jax.random.fold_in(rows.rng, u), n))(
-      rows.row_ids, state.nfe_denoise)
+  keys = step_keys(state, rows)
   commit, values, strat = strategies_lib.select(config.strategy, logits, masked, keys,
                                                 state.step_in_blk, state.strat)
   commit = commit & masked
@@ -235,6 +255,9 @@ def outputs(config: SamplerConfig, state: LoopState, rows: Rows, nfe_prefill: in
              positions_computed=state.positions, done=state.done, iterations=state.it)
   if state.trace is not None:
     out["trace"] = state.trace
+  if state.blk_log is not None:  # AdaBlock: the chosen lengths in decoding order, 0-padded
+    order = jnp.argsort(state.blk_log == 0, axis=-1, stable=True)
+    out["block_lengths"] = jnp.take_along_axis(state.blk_log, order, axis=-1)
   return out
 
 

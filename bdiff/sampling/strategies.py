@@ -37,13 +37,11 @@ Contract for the loop (all arrays batched, ``b`` rows, block window of ``L`` pos
   complete block. ``state["fired"]`` records which rows went all-in at the last step; the loop
   does not read it (it is there for inspection and tests).
 
-What is not in the loop today:
-
-* AdaBlock. ``adablock_block_length`` implements its block-length rule (most confident
-  delimiter in a look-ahead window) as a standalone function, and the ``adablock`` registry
-  entry runs the Fast-dLLM threshold rule; but the sampling loop uses the model's fixed block
-  size, and the ``sample`` config rejects ``strategy="adablock"``. Variable-length blocks are
-  future work.
+AdaBlock: ``adablock_block_length`` implements its block-length rule (most confident
+delimiter in a look-ahead window) and the ``adablock`` registry entry runs the Fast-dLLM
+threshold rule inside the block. The full-attention loop (``full_attention.py``) calls the
+former at each block's first step; the block-causal loop, whose blocks have the trained size,
+refuses ``strategy="adablock"``.
 
 Knobs whose default is ``AUTO`` (``confidence_from``, ``nucleus_mode``, ``filter_order``) and
 ``strict=None``
@@ -119,7 +117,7 @@ def resolve(cfg: StrategyConfig) -> StrategyConfig:
 def adablock_block_length(cfg: StrategyConfig, logits: jax.Array, masked: jax.Array,
                           rng_keys: jax.Array, remaining: jax.Array) -> jax.Array:
   """AdaBlock's block-length rule (``strategies_adaptive.adablock_block_length``) with the
-  config's reference conventions resolved. Not called by the sampling loop (see above)."""
+  config's reference conventions resolved (the full-attention loop calls it, see above)."""
   return adaptive.adablock_block_length(resolve(cfg), logits, masked, rng_keys, remaining)
 
 

@@ -50,7 +50,8 @@ def threshold_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
     expansion are not implemented (bdiff's cache is exact).
   * ``adablock`` — lgxi24/AdaBlock-dLLM (arXiv 2509.26432): the Fast-dLLM rule. AdaBlock's
     own contribution, the block length, is ``adablock_block_length`` below, which the
-    sampling loop does not call; the ``sample`` config rejects this strategy.
+    full-attention loop (``full_attention.py``) calls at each block's first step; the
+    block-causal loop, whose blocks have the trained size, refuses this strategy.
   """
   commit = sel.threshold_mask(inp.score, inp.cand, cfg.threshold, bool(cfg.strict))
   return commit, inp.tokens, state
@@ -190,16 +191,17 @@ def adablock_block_length(cfg: StrategyConfig, logits: jax.Array, masked: jax.Ar
   """AdaBlock block length from the most confident delimiter in the look-ahead window.
 
   Source: lgxi24/AdaBlock-dLLM ``llada/generate_adablock.py`` ``compute_block_length``
-  (arXiv 2509.26432). A standalone function: the sampling loop does not call it (its blocks
-  have the model's fixed size). Intended use: at a block's first step, with that step's
-  logits over a window starting at the block start and the same ``rng_keys`` as ``select``
-  so the proposals agree; ``cfg`` resolved (``strategies.adablock_block_length`` does it).
+  (arXiv 2509.26432). The full-attention loop calls it at a block's first step, with that
+  step's logits over a window starting at the block start and the same ``rng_keys`` as
+  ``select`` so the proposals agree; ``cfg`` resolved (``strategies.adablock_block_length``
+  does it).
   Among still-masked positions ``j < min(lookahead, remaining)`` whose proposal is in
   ``delimiter_ids`` (LLaDA: 198 "\\n"), take the one with the highest raw
   ``softmax(z)[x̂]``; if that is ``>= delimiter_threshold`` (0.3 LLaDA, 0.5 Dream) the block
   ends right after it, else it has ``min(block_length, remaining)``.
-  Deviation [bdiff]: capped at the window width ``W`` (the model's block size), since a
-  model trained with blocks of ``W`` cannot attend a longer block.
+  Deviation [bdiff]: capped at the window width ``W`` (``sample.block_size``, the longest
+  block, a static shape; the reference's bound is the look-ahead ``0.25 G``, so set
+  ``W = lookahead`` to match it).
 
   Args:
     cfg: config with ``delimiter_ids``, ``delimiter_threshold``, ``block_length`` (B0),

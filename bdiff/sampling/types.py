@@ -64,7 +64,7 @@ class StrategyConfig:
   time_grid: str = "linear"            # "linear" or MD4 "cosine"
   allow_idle: bool = False             # ancestral / dream: steps may commit nothing
   # AdaBlock's block-length rule: read only by strategies.adablock_block_length, which the
-  # sampling loop does not call (its blocks have the model's fixed size).
+  # full-attention loop calls at each block's first step.
   block_length: int = 32               # B0
   lookahead: int = 0                   # floor(0.25 * G); 0 = the whole window
   delimiter_ids: tuple[int, ...] = ()
