@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tokenizers
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from bdiff import config as config_lib
 from bdiff import convert, masks, runs, sharding
@@ -183,3 +183,7 @@ def test_the_streamed_safetensors_follow_their_header(tmp_path):
       files.append(f.read())
   assert files[0] == files[1]
   np.testing.assert_array_equal(load_file(writer.path)["b"], np.arange(3) + ord("b"))
+  # byte for byte what safetensors' own (whole-dict) writer makes of the same tensors
+  save_file({n: np.arange(shapes[n][0], dtype=np.float32) + ord(n) for n in "ab"},
+            str(tmp_path / "reference.safetensors"), metadata={"format": "pt"})
+  assert (tmp_path / "reference.safetensors").read_bytes() == files[0]
