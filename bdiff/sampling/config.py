@@ -20,10 +20,13 @@ from bdiff.sampling import strategies as strategies_lib
 
 COMMIT_MODES = ("separate", "fused")
 # sample.cache: "auto" = "exact" for block-causal models, "none" for full-attention ones.
-CACHE_MODES = ("auto", "exact", "none", "prefix", "dual")
+# Full-attention caches beyond Fast-dLLM v1 (dKV-Cache, Window-Diffusion): approx_cache.py.
+LADDER_CACHES = ("dkv", "window_block")
+CACHE_MODES = ("auto", "exact", "none", "prefix", "dual") + LADDER_CACHES
 BLOCK_CAUSAL_CACHES = ("exact", "none")         # exact KV cache of clean blocks, or none
-FULL_ATTENTION_CACHES = ("none", "prefix", "dual")  # exact recompute, Fast-dLLM v1 caches
-APPROXIMATE_CACHES = ("prefix", "dual")
+# exact recompute, Fast-dLLM v1 caches, the ladder's further rungs
+FULL_ATTENTION_CACHES = ("none", "prefix", "dual") + LADDER_CACHES
+APPROXIMATE_CACHES = ("prefix", "dual") + LADDER_CACHES
 PROMPT_PREFIXES = ("auto", "none", "bos", "eos")
 STRICT_CHOICES = ("auto", "true", "false")
 # Strategies the block-causal loop cannot host: AdaBlock chooses each block's length at
@@ -37,10 +40,12 @@ _LOOP_DEFAULTS = dict(
                              # diffusion.block_size (the only legal value). Full-attention
                              # models (model.attention="bidirectional"): any length (LLaDA's
                              # semi-AR blocks); 0 = one block, the whole generation
-    cache="auto",            # auto | exact | none | prefix | dual (CACHE_MODES): auto = exact
-                             # for block-causal models, none for full-attention ones
-    cache_refresh=0,         # prefix/dual: also recompute the cache every k steps inside a
-                             # block (0 = only at block starts, Fast-dLLM v1; 1 = every step)
+    cache="auto",            # auto | exact | none | prefix | dual | dkv | window_block
+                             # (CACHE_MODES): auto = exact for block-causal models, none for
+                             # full-attention ones
+    cache_refresh=0,         # approximate caches: also recompute the cache every k steps inside
+                             # a block (0 = only at block starts, Fast-dLLM v1; 1 = every step;
+                             # dkv: its cache_reloading_step; window_block: its refresh_cycle)
     use_cache=True,          # False = cache "none" (the older spelling of the same switch)
     commit="separate",       # separate: one clean re-forward per block; fused: folded into the
                              # next block's first forward (query width 2 * block_size)

@@ -23,6 +23,8 @@ max_new_tokens`` (padding of a shorter prompt, the shape's tail) are invisible t
 * ``dual`` (Fast-dLLM v1 dual cache, ``generate_with_dual_cache``): the same full forward also
   keeps the K/V of the positions after the block; later steps query the block only, attending
   to fresh block K/V and the stale prefix and suffix.
+* ``dkv`` (dKV-Cache, delayed caching) and ``window_block`` (Window-Diffusion's
+  active/buffer/far-field partition on the semi-AR block): ``bdiff.sampling.approx_cache``.
 
 ``sample.cache_refresh = k > 0`` also repeats the full forward every ``k`` steps inside a block
 (the reference refreshes only at block starts, ``k = 0``; ``k = 1`` recomputes every step and
@@ -51,6 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from bdiff import masks as masks_lib
+from bdiff.sampling import approx_cache
 from bdiff.sampling import cache as cache_lib
 from bdiff.sampling import loop as loop_lib
 from bdiff.sampling import strategies as strategies_lib
@@ -71,6 +74,8 @@ def _init(config: SamplerConfig, prompts, rows: Rows, trace: bool) -> LoopState:
   cache = None
   if config.cache_mode != "none":
     cache = cache_lib.init_cache(config.model, bsz, length)
+  if config.cache_mode in approx_cache.MODES:
+    cache = approx_cache.init_cache(config, bsz, length)
   state = LoopState(
       tokens=jnp.where(pos < rows.lengths[:, None], padded, config.mask_id),
       blk_start=rows.lengths, step_in_blk=zeros, needs_commit=jnp.zeros((bsz,), bool),
@@ -146,6 +151,8 @@ def _forward(config: SamplerConfig, apply, state: LoopState, rows: Rows):
   """One step's forward(s): ``(block logits [b, B, V], cache, positions computed [b])``."""
   if config.cache_mode == "none":
     return _full_forward(config, apply, state, rows)[0], None, rows.limit
+  if config.cache_mode in approx_cache.MODES:  # dKV-Cache, Window-Diffusion
+    return approx_cache.forward(config, apply, state, rows, _full_forward)
   busy = ~state.done
   refresh = _refreshing(config, state)
   vocab = config.model.vocab_size
