@@ -44,10 +44,13 @@ def settings(block: int, max_new_tokens: int) -> list[tuple[str, str, dict]]:
   span = min(block, max_new_tokens)
   ks = [k for k in (1, 2, 4, 8, 16) if k <= span]
   out = [("left to right", "ar", {})]
-  for conf, curve in (("prob", "static, low confidence"), ("random", "static, random")):
-    out += [(curve, "static", {"steps": math.ceil(span / k), "confidence": conf}) for k in ks]
-  out += [("threshold", "threshold", {"threshold": t}) for t in (0.9, 0.7, 0.5, 0.3)]
-  out += [("factor", "factor", {"factor": f}) for f in (0.7, 1.3, 1.9)]
+  out += [("static, low confidence", "static", {"steps": math.ceil(span / k),
+                                                "confidence": "prob"}) for k in ks]
+  # Random order at one token per step is another left-to-right-like order: start at k = 2.
+  out += [("static, random", "static", {"steps": math.ceil(span / k), "confidence": "random"})
+          for k in ks[1:]]
+  out += [("threshold", "threshold", {"threshold": t}) for t in (0.9, 0.7, 0.5)]
+  out += [("factor", "factor", {"factor": f}) for f in (1.0, 1.9)]
   return out
 
 
