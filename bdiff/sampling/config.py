@@ -22,11 +22,13 @@ COMMIT_MODES = ("separate", "fused")
 # sample.cache: "auto" = "exact" for block-causal models, "none" for full-attention ones.
 # Full-attention caches beyond Fast-dLLM v1 (dKV-Cache, Window-Diffusion): approx_cache.py.
 LADDER_CACHES = ("dkv", "window_block")
-CACHE_MODES = ("auto", "exact", "none", "prefix", "dual") + LADDER_CACHES
+# DCD's sliding-window cache, refreshed by decoded count (dcd_cache.py).
+DCD_CACHES = ("dcd_prefix", "dcd_dual")
+CACHE_MODES = ("auto", "exact", "none", "prefix", "dual") + LADDER_CACHES + DCD_CACHES
 BLOCK_CAUSAL_CACHES = ("exact", "none")         # exact KV cache of clean blocks, or none
 # exact recompute, Fast-dLLM v1 caches, the ladder's further rungs
-FULL_ATTENTION_CACHES = ("none", "prefix", "dual") + LADDER_CACHES
-APPROXIMATE_CACHES = ("prefix", "dual") + LADDER_CACHES
+FULL_ATTENTION_CACHES = ("none", "prefix", "dual") + LADDER_CACHES + DCD_CACHES
+APPROXIMATE_CACHES = ("prefix", "dual") + LADDER_CACHES + DCD_CACHES
 PROMPT_PREFIXES = ("auto", "none", "bos", "eos")
 STRICT_CHOICES = ("auto", "true", "false")
 # Strategies the block-causal loop cannot host: AdaBlock chooses each block's length at
@@ -46,6 +48,8 @@ _LOOP_DEFAULTS = dict(
     cache_refresh=0,         # approximate caches: also recompute the cache every k steps inside
                              # a block (0 = only at block starts, Fast-dLLM v1; 1 = every step;
                              # dkv: its cache_reloading_step; window_block: its refresh_cycle)
+    cache_delay=0,           # dcd_prefix/dcd_dual: recompute w positions left of the window
+                             # once more (DCD's prefix-delay{w} / dual-delay{w}; its scripts: 2)
     use_cache=True,          # False = cache "none" (the older spelling of the same switch)
     commit="separate",       # separate: one clean re-forward per block; fused: folded into the
                              # next block's first forward (query width 2 * block_size)
@@ -251,6 +255,24 @@ def _check_adablock(scfg, longest: int, full_attention: bool, cache: str) -> Non
                      f"sample.strategy='adablock' runs with {ADAPTIVE_BLOCK_CACHES}")
 
 
+def _check_dcd_cache(cfg, scfg, mode: str) -> None:
+  """DCD's cache follows the ``dcd`` strategy's window and refreshes by decoded count."""
+  if not isinstance(cfg.cache_delay, int) or cfg.cache_delay < 0:
+    raise ValueError(f"sample.cache_delay must be an integer >= 0, got {cfg.cache_delay!r}")
+  if cfg.cache_delay and mode not in DCD_CACHES:
+    raise ValueError(f"sample.cache_delay={cfg.cache_delay} only applies to DCD's caches "
+                     f"{DCD_CACHES}, not sample.cache={mode!r}")
+  if mode not in DCD_CACHES:
+    return
+  if scfg.name != "dcd":
+    raise ValueError(f"sample.cache={mode!r} slides with DCD's window: it needs "
+                     f"sample.strategy='dcd' (with sample.window), not {scfg.name!r}")
+  if cfg.cache_refresh < 1:
+    raise ValueError(f"sample.cache={mode!r} refreshes after sample.cache_refresh decoded "
+                     "tokens (DCD's refresh_count: 16 by default, 32 in its LLaDA scripts); "
+                     "set it >= 1")
+
+
 def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None, *,
                            context_causal: bool = False, attention_impl: str = "xla",
                            full_attention: bool = False) -> None:
@@ -272,8 +294,10 @@ def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None
     _check_block_size(cfg, block_size)
   scfg = strategy_config(cfg, decode_block_size(cfg, block_size, full_attention))
   strategies_lib.validate_strategy_config(scfg, prefix="sample")
+  mode = resolve_cache(cfg.cache, cfg.use_cache, full_attention)
   _check_adablock(scfg, decode_block_size(cfg, block_size, full_attention), full_attention,
-                  resolve_cache(cfg.cache, cfg.use_cache, full_attention))
+                  mode)
+  _check_dcd_cache(cfg, scfg, mode)
   if token_shift is False and cfg.first_token_from_commit:
     raise ValueError("sample.first_token_from_commit is only meaningful for token-shifted "
                      "models (diffusion.token_shift=True)")

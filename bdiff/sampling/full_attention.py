@@ -23,6 +23,8 @@ max_new_tokens`` (padding of a shorter prompt, the shape's tail) are invisible t
 * ``dual`` (Fast-dLLM v1 dual cache, ``generate_with_dual_cache``): the same full forward also
   keeps the K/V of the positions after the block; later steps query the block only, attending
   to fresh block K/V and the stale prefix and suffix.
+* ``dcd_prefix`` / ``dcd_dual`` (DCD, arXiv 2601.02076): the ``dcd`` strategy's sliding window
+  with a cache refreshed by decoded count: ``bdiff.sampling.dcd_cache``.
 * ``dkv`` (dKV-Cache, delayed caching) and ``window_block`` (Window-Diffusion's
   active/buffer/far-field partition on the semi-AR block): ``bdiff.sampling.approx_cache``.
 
@@ -55,6 +57,7 @@ import jax.numpy as jnp
 from bdiff import masks as masks_lib
 from bdiff.sampling import approx_cache
 from bdiff.sampling import cache as cache_lib
+from bdiff.sampling import dcd_cache
 from bdiff.sampling import loop as loop_lib
 from bdiff.sampling import strategies as strategies_lib
 from bdiff.sampling.loop import LoopState, Rows, SamplerConfig
@@ -74,6 +77,8 @@ def _init(config: SamplerConfig, prompts, rows: Rows, trace: bool) -> LoopState:
   cache = None
   if config.cache_mode != "none":
     cache = cache_lib.init_cache(config.model, bsz, length)
+  if config.cache_mode in dcd_cache.MODES:  # DCD: K/V and per-row refresh counters
+    cache = dcd_cache.init_cache(config, bsz, length)
   if config.cache_mode in approx_cache.MODES:
     cache = approx_cache.init_cache(config, bsz, length)
   state = LoopState(
@@ -151,6 +156,8 @@ def _forward(config: SamplerConfig, apply, state: LoopState, rows: Rows):
   """One step's forward(s): ``(block logits [b, B, V], cache, positions computed [b])``."""
   if config.cache_mode == "none":
     return _full_forward(config, apply, state, rows)[0], None, rows.limit
+  if config.cache_mode in dcd_cache.MODES:  # DCD's sliding-window cache
+    return dcd_cache.forward(config, apply, state, rows, _full_forward)
   if config.cache_mode in approx_cache.MODES:  # dKV-Cache, Window-Diffusion
     return approx_cache.forward(config, apply, state, rows, _full_forward)
   busy = ~state.done

@@ -48,6 +48,7 @@ class SamplerConfig:
   use_cache: bool = True              # False: the old spelling of cache="none"
   cache: str = "auto"                 # config.CACHE_MODES
   cache_refresh: int = 0              # prefix/dual: also refresh every k steps in a block
+  cache_delay: int = 0                # dcd_prefix/dcd_dual: DCD's delay w
   full_attention: bool = False        # model.attention == "bidirectional"
   commit: str = "separate"            # config.COMMIT_MODES
   token_shift: bool = False
@@ -94,7 +95,8 @@ class SamplerConfig:
     return cls(model=ml_collections.FrozenConfigDict(cfg.model),
                strategy=config_lib.strategy_config(s, block), block_size=block,
                max_new_tokens=s.max_new_tokens, use_cache=s.use_cache, cache=s.cache,
-               cache_refresh=s.cache_refresh, full_attention=full, commit=s.commit,
+               cache_refresh=s.cache_refresh, cache_delay=s.cache_delay,
+               full_attention=full, commit=s.commit,
                token_shift=d.token_shift, first_token_from_commit=s.first_token_from_commit,
                stop_ids=stop, context_causal=d.context_causal,
                prefill_chunk=config_lib.prefill_chunk(s, block))

@@ -46,8 +46,9 @@ def threshold_rule(cfg: StrategyConfig, inp: StepInputs, state: dict):
   * ``dcd`` — shuyingte/DCD ``window_bidirectional_decode`` / ``window_causal_decode``
     (arXiv 2601.02076): ``n = max(#{c >= τ}, 1)``, ``TOPK(n)`` in the sliding window of
     ``window`` masks (``W0`` 16 LLaDA/Dream, 8 Fast-dLLM v2), scores from the sampling
-    distribution. That equals ``THR ∪ TOP1``. DCD's cache-refresh counters and optional block
-    expansion are not implemented (bdiff's cache is exact).
+    distribution. That equals ``THR ∪ TOP1``. DCD's cache, refreshed after ``refresh_count``
+    decoded tokens, is ``sample.cache="dcd_prefix"|"dcd_dual"`` for full-attention models
+    (``dcd_cache.py``); its block expansion (block-causal models) is not implemented.
   * ``adablock`` — lgxi24/AdaBlock-dLLM (arXiv 2509.26432): the Fast-dLLM rule. AdaBlock's
     own contribution, the block length, is ``adablock_block_length`` below, which the
     full-attention loop (``full_attention.py``) calls at each block's first step; the
