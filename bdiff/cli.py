@@ -344,7 +344,8 @@ def _add_commands(sub) -> None:
       on_error=dict(choices=store.ON_ERROR, default="fail", help="bad line (not UTF-8/JSON/a "
                     "text string): fail at file:line, or skip+count"))
   _add_command(
-      sub, "convert", "make a run from a Hugging Face checkpoint (Llama, Qwen2/2.5, Qwen3, SDAR, Fast-dLLM v2, Dream, LLaDA)",
+      sub, "convert", "make a run from a Hugging Face checkpoint (Llama, Qwen2/2.5, Qwen3, "
+      "SDAR, Fast-dLLM v2, Dream, LLaDA)",
       "bdiff convert --from_hf qwen3-0.6b/ --workdir runs/qwen3 "
       "--config.sample.max_new_tokens=64",
       from_hf=dict(required=True, metavar="DIR",
