@@ -16,7 +16,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from sampling_common import sharpened_params
+from sampling_common import sharpened_params, tiny_config
 from test_full_attention import (  # noqa: F401 (params, prompts: the shared fixtures)
     BLOCK, IDS, LENGTHS, NEW, STOP, full_cfg, params, prompts, run, sampler)
 
@@ -104,3 +104,11 @@ def test_config_accepts_the_modes_with_refresh(mode):
   cfg = full_cfg(cache=mode, cache_refresh=4)
   validate_run_sample_config(cfg)
   assert sampler(cache=mode).cache_mode == mode
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_block_causal_refuses_the_modes(mode):
+  cfg = tiny_config(23, 4)
+  cfg.sample.cache = mode
+  with pytest.raises(ValueError, match=f"sample.cache='{mode}' is not a mode for a block-causal"):
+    validate_run_sample_config(cfg)
