@@ -25,7 +25,7 @@ whose bit is set plus the window's own fresh K/V where it is not; nothing else i
   window. The *Greedy* variant (random order known in advance, local window) is not
   implemented.
 
-* ``window_block``: Window-Diffusion's active / buffer / far-field partition (Gao et al.,
+* ``window_block``: Window-Diffusion's active / buffer / far-field partition (Window-Diffusion,
   arXiv 2601.20332, github.com/vhicrgit/Window-Diffusion ``llada/model/modeling_llada.py``)
   placed on the semi-AR block. Phases of ``k = sample.cache_refresh`` steps (0 = one phase per
   block) start with a full forward that caches every K/V and fixes the phase's plan: keys = all
