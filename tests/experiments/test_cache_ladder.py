@@ -21,7 +21,7 @@ def tiny_cfg(block=32):
                    dtype="float32")
   cfg.train.seq_len = 32
   cfg.diffusion.block_size = block
-  cfg.sample.update(max_new_tokens=8)
+  cfg.sample.update(max_new_tokens=8, commit="fused")  # as the task configs set it
   cfg.eval.update(tasks="copy,reverse")
   return cfg
 
