@@ -21,7 +21,8 @@ generation, as DCD decodes). Its cache (``cache_type``), as ``sample.cache``:
 Deviations [bdiff], for batch invariance: the refresh counter and the window are per row (the
 reference averages the decoded count over the batch and shares one window, sized by the row
 with the most masks). Fixed shapes: a cached forward queries ``sample.max_new_tokens`` positions
-(``dcd_prefix``, or ``dcd_dual`` without ``max_window``) or ``max_window + 2w`` (``dcd_dual``);
+(``dcd_prefix``, or ``dcd_dual`` without ``max_window``) or ``2 (max_window + w)``
+(``dcd_dual``: the window moves at most ``max_window`` per step);
 queried positions outside ``[start, stop)`` are computed but neither attended nor kept, and
 ``positions_computed`` counts the whole query width. Token-shifted models also query the
 position before ``start``, whose logits predict it.
@@ -49,19 +50,31 @@ def init_cache(config: SamplerConfig, batch: int, length: int):
 
 
 def window(config: SamplerConfig, state: LoopState, rows: Rows):
-  """``(wl, wr, open count)`` [b]: the DCD window of the active block (absolute positions)."""
+  """``(wl, wr, open count)`` [b]: the DCD window of the active block (absolute positions).
+
+  ``wr`` is right after the ``W0``-th mask; with fewer masks left (the span cap, the end) it
+  is the cap, as the reference's ``wr`` only grows: positions right of it are still masks.
+  """
   masked = loop_lib.open_positions(config, state, rows)
   cand = strategies_lib.restrict_candidates(config.strategy, masked)
   pos = loop_lib.block_positions(state, config.block_size)
   wl = jnp.min(jnp.where(cand, pos, rows.limit[:, None]), axis=-1)
-  wr = jnp.max(jnp.where(cand, pos + 1, 0), axis=-1)
-  return wl, jnp.maximum(wr, wl), jnp.sum(masked, axis=-1, dtype=jnp.int32)
+  last = jnp.max(jnp.where(cand, pos + 1, 0), axis=-1)
+  cap = jnp.minimum(rows.limit, jnp.minimum(state.stop_pos, loop_lib.block_end(config, state)))
+  if config.strategy.max_window:
+    cap = jnp.minimum(cap, wl + config.strategy.max_window)
+  full = jnp.sum(cand, axis=-1) >= config.strategy.window
+  wr = jnp.maximum(jnp.where(full, last, cap), wl)
+  return wl, wr, jnp.sum(masked, axis=-1, dtype=jnp.int32)
 
 
 def _query_width(config: SamplerConfig) -> int:
+  """Static query width: the generation, or (dual) the widest span ``[wl_prev - w, wr + w)``:
+  a step commits inside ``[wl, wl + max_window)``, so the window's left end moves at most
+  ``max_window`` per step."""
   span = config.max_new_tokens
   if config.cache_mode == "dcd_dual" and config.strategy.max_window:
-    span = min(span, config.strategy.max_window + 2 * config.cache_delay)
+    span = min(span, 2 * (config.strategy.max_window + config.cache_delay))
   return span + int(config.token_shift)
 
 

@@ -59,20 +59,21 @@ def test_refresh_and_span_rules():
   its last refresh (the previous step's commits counted); the cached span starts ``w`` left of
   the previous window and (dual) stops ``w`` right of the window."""
   config = types.SimpleNamespace(cache_refresh=4, cache_delay=2, cache_mode="dcd_dual",
-                                 token_shift=False, max_new_tokens=12,
+                                 token_shift=False, max_new_tokens=40,
                                  strategy=StrategyConfig(name="dcd", window=3, max_window=6))
   # rows: 2 decoded before + 1 now = 3 < 4; 3 + 2 = 5 >= 4; a new block (step 0) refreshes.
   state = _state(since=[2, 3, 9], open_prev=[9, 9, 9], wl_prev=[10, 11, 7], step=[1, 1, 0])
   refresh, since = dcd_cache.refreshing(config, state, jnp.asarray([8, 7, 9]))
   np.testing.assert_array_equal(refresh, [False, True, True])
   np.testing.assert_array_equal(since, [3, 5, 0])
-  rows = types.SimpleNamespace(lengths=jnp.asarray([7, 7, 7]), limit=jnp.asarray([19, 19, 19]))
-  wl, wr = jnp.asarray([12, 13, 12]), jnp.asarray([15, 17, 18])
+  rows = types.SimpleNamespace(lengths=jnp.asarray([7, 7, 7]), limit=jnp.asarray([47, 47, 47]))
+  wl, wr = jnp.asarray([12, 13, 12]), jnp.asarray([15, 17, 24])
   start, stop = dcd_cache._span(config, state, rows, wl, wr)
-  # [wl_prev - 2, min(wr + 2, limit)), within the query width max_window + 2w = 10: row 2's
-  # [5, 19) would leave its window's end out, so it starts at wr - 10 = 8 and stops at 18.
+  # [max(wl_prev - 2, P), wr + 2) within the query width 2 (max_window + w) = 16. Row 2's
+  # window is wider than a step can make it (a safety net): its span [7, 26) is cut to the
+  # 16 positions ending at the window's end.
   np.testing.assert_array_equal(start, [8, 9, 8])
-  np.testing.assert_array_equal(stop, [17, 19, 18])
+  np.testing.assert_array_equal(stop, [17, 19, 24])
   prefix = dataclass_like(config, cache_mode="dcd_prefix", cache_delay=0)
   start, stop = dcd_cache._span(prefix, state, rows, wl, wr)
   np.testing.assert_array_equal(start, wl)
@@ -108,14 +109,31 @@ def run(params, prompts, config, rows=(0, 1, 2, 3)):
   return jax.tree.map(np.asarray, out)
 
 
-def test_refresh_every_token_equals_none(params, prompts):
-  """cache_refresh=1: every step follows a decode, so every forward is the full one."""
-  ref = run(params, prompts, sampler())
-  out = run(params, prompts, sampler(cache="dcd_prefix", cache_refresh=1))
-  for key in ("tokens", "nfe_denoise", "positions_computed"):
-    np.testing.assert_array_equal(out[key], ref[key], err_msg=key)
-  np.testing.assert_array_equal(ref["positions_computed"],
-                                ref["nfe_denoise"] * (LENGTHS + NEW))
+def test_one_layer_delayed_cache_is_exact(prompts):
+  """With one layer a position's K/V depend on its own token only, so a cached K/V is stale
+  exactly when its token was committed after it was computed. DCD's delay recomputes the
+  positions decoded at the previous step once more, and nothing else changes between
+  refreshes: ``dcd_dual`` with delay 1 and no refresh after the first step decodes as
+  ``none`` (shifted model: the predicting positions are recomputed too). Without the delay
+  the just-decoded tokens keep their [MASK]-input K/V, and the decode drifts."""
+  model = dict(attention="bidirectional", n_layers=1)
+  one = sharpened_params(tiny_config(V, 16, **model).model)
+
+  def decode(**sample):
+    cfg = tiny_config(V, 16, **model)
+    cfg.diffusion.token_shift = True
+    cfg.sample.update(max_new_tokens=NEW, block_size=0, temperature=1.0, **DCD)
+    cfg.sample.update(**sample)
+    validate_run_sample_config(cfg)
+    return run(one, prompts, gen.SamplerConfig.from_config(cfg, eos_id=4))
+
+  ref = decode()
+  out = decode(cache="dcd_dual", cache_refresh=100, cache_delay=1)
+  np.testing.assert_array_equal(out["tokens"], ref["tokens"])
+  np.testing.assert_array_equal(out["nfe_denoise"], ref["nfe_denoise"])
+  assert (out["positions_computed"] < ref["positions_computed"]).all()
+  stale = decode(cache="dcd_dual", cache_refresh=100, cache_delay=0)
+  assert (stale["tokens"] != ref["tokens"]).any()
 
 
 def test_dual_delay_batch_invariant(params, prompts):
