@@ -90,6 +90,8 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
   # No block size (Dream): one block spans the whole training window.
   cfg.diffusion.block_size = families.block_size(hf) or cfg.train.seq_len
   cfg.diffusion.token_shift = block_family is None or block_family.token_shift
+  # An AR head predicts from clean context; adapting it keeps that for block-initial tokens.
+  cfg.diffusion.shift_from_clean = block_family is None
   cfg.sample.update(dict(block_family.sample) if block_family else {"strategy": "ar"})
   if block_family and block_family.sub_block:
     cfg.sample.sub_block = math.gcd(block_family.sub_block, cfg.diffusion.block_size)

@@ -46,25 +46,34 @@ def masked_cross_entropy(logits, targets, loss_mask):
   return jnp.where(loss_mask, ce, 0.0)
 
 
-def shift_logits(logits):
+def shift_logits(logits, clean_logits=None, block_first=None):
   """Token shift (Fast-dLLM v2, arXiv 2509.26328): target i is read from output i − 1.
 
   Returns ``z'`` with ``z'[i] = z[i−1]`` and ``z'[0] = z[0]``, the same right shift the
   sampler applies within a block. Position 0 has no predictor, so callers never supervise it
   (the objective makes it ineligible for masking).
 
-  Caveat (derived here): the first token of block b is then predicted from the *noisy* last
-  token of block b−1, while at inference that token comes from the clean commit pass of block
-  b−1. Kept for Fast-dLLM v2 checkpoint compatibility; new models can supervise block-initial
-  tokens from the clean stream with the auxiliary AR loss.
+  The first token of block b is then predicted from the *noisy* last token of block b−1
+  (Fast-dLLM v2's training), while the sampler predicts it from the clean commit pass of block
+  b−1. With ``clean_logits`` and ``block_first`` given, block-initial targets are read from
+  the clean stream's output i − 1 instead (``diffusion.shift_from_clean``), so training
+  matches sampling. At block size 1 every token is block-initial and the noisy rule would
+  predict token i from a [MASK] at i − 1, i.e. two tokens ahead of the context, so there the
+  objective always uses the clean stream: the result is exactly next-token AR training.
 
   Args:
-    logits: [b, n, V].
+    logits: [b, n, V] noisy-stream logits.
+    clean_logits: [b, n, V] clean-stream logits, or None.
+    block_first: [b, n] bool, True at each block's first position (with ``clean_logits``).
 
   Returns:
     [b, n, V].
   """
-  return jnp.concatenate([logits[:, :1], logits[:, :-1]], axis=1)
+  shifted = jnp.concatenate([logits[:, :1], logits[:, :-1]], axis=1)
+  if block_first is None:
+    return shifted
+  clean = jnp.concatenate([clean_logits[:, :1], clean_logits[:, :-1]], axis=1)
+  return jnp.where(block_first[..., None], clean.astype(shifted.dtype), shifted)
 
 
 def loss_weights(weighting: str, schedule: Schedule, t, *, complement: bool = False):
@@ -129,7 +138,7 @@ def reduce_loss(term, reduction: str, *, valid, loss_mask, eligible):
   return term.sum() / jnp.maximum(denominator.sum(), 1)
 
 
-def autoregressive_loss(clean_logits, x0, valid):
+def autoregressive_loss(clean_logits, x0, valid, targets=None):
   """Auxiliary next-token loss on the clean stream (NBDiff-style adaptation).
 
   Under the context-causal training mask the clean stream is the original AR computation, so
@@ -140,11 +149,14 @@ def autoregressive_loss(clean_logits, x0, valid):
     clean_logits: [b, n, V] clean-stream logits.
     x0: [b, n] clean tokens.
     valid: [b, n] bool.
+    targets: [b, n] bool tokens that may be targets (default ``valid``): the SFT answer, so
+      the auxiliary loss, like the diffusion loss, never trains on prompts.
 
   Returns:
     scalar float32 mean next-token cross-entropy (nats).
   """
-  pairs = valid[:, :-1] & valid[:, 1:]
+  targets = valid if targets is None else targets & valid
+  pairs = valid[:, :-1] & targets[:, 1:]
   ce = masked_cross_entropy(clean_logits[:, :-1], x0[:, 1:], pairs)
   return ce.sum() / jnp.maximum(pairs.sum(), 1)
 

@@ -29,8 +29,8 @@ from bdiff.diffusion.schedules import Schedule, get_schedule
 
 LogitsFn = Callable[..., tuple]
 
-_BOOL_KEYS = ("per_block_t", "antithetic", "resample", "token_shift", "complementary_mask",
-              "ignore_bos", "context_causal", "time_conditioning")
+_BOOL_KEYS = ("per_block_t", "antithetic", "resample", "token_shift", "shift_from_clean",
+              "complementary_mask", "ignore_bos", "context_causal", "time_conditioning")
 
 
 def default_diffusion_config() -> ml_collections.ConfigDict:
@@ -47,6 +47,10 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
       clip_max=1.0,
       resample=False,  # condition block mask counts on the clip window (bd3lms resample)
       token_shift=False,  # Fast-dLLM v2: target i read from output i−1
+      shift_from_clean=False,  # under token shift, a block's first target is read from the
+                               # CLEAN stream's output i−1, as the sampler predicts it (its
+                               # commit pass); False reads the noisy one (Fast-dLLM v2's
+                               # training). Always on at block_size 1 (see losses.shift_logits)
       complementary_mask=False,  # Fast-dLLM v2: add the complementary copy
       ignore_bos=False,  # never mask token 0; excluded from the NELBO token count
       aux_ar_weight=0.0,  # λ of the clean-stream next-token loss (NBDiff-style)
@@ -110,6 +114,7 @@ class _Plan:
   antithetic: bool
   resample: bool
   token_shift: bool
+  clean_first: bool  # token shift reads block-initial targets from the clean stream
   complementary: bool
   protect_first: bool
   want_clean: bool
@@ -121,6 +126,7 @@ def _plan(cfg) -> _Plan:
                weighting=cfg.weighting, per_block_t=cfg.per_block_t,
                antithetic=cfg.antithetic, resample=cfg.resample,
                token_shift=cfg.token_shift, complementary=cfg.complementary_mask,
+               clean_first=cfg.token_shift and (cfg.shift_from_clean or cfg.block_size == 1),
                # Under token shift position 0 has no predictor, so it is never masked.
                protect_first=cfg.ignore_bos or cfg.token_shift,
                want_clean=cfg.aux_ar_weight > 0, time_conditioning=cfg.time_conditioning)
@@ -185,9 +191,15 @@ def _score(logits_fn, x0, rng, plan: _Plan, clip, valid, eligible, mask_id,
         [weight, losses.loss_weights(plan.weighting, plan.schedule, t, complement=True)])
     t = jnp.concatenate([t, 1 - t])
     x0, valid, eligible = (jnp.concatenate([a, a]) for a in (x0, valid, eligible))
-  logits, clean_logits = _call(logits_fn, xt, x0, plan, t, plan.want_clean)
+  logits, clean_logits = _call(logits_fn, xt, x0, plan, t,
+                               plan.want_clean or plan.clean_first)
   if plan.token_shift:
-    logits = losses.shift_logits(logits)
+    first = None
+    if plan.clean_first:
+      pos = jnp.arange(n)[None, :] if positions is None else positions
+      first = jnp.broadcast_to(pos % bs == 0, (b, n))
+      first = jnp.concatenate([first, first]) if plan.complementary else first
+    logits = losses.shift_logits(logits, clean_logits, first)
   loss_mask = masked & valid
   ce = losses.masked_cross_entropy(logits, x0, loss_mask)
   return _Scored(ce, weight, loss_mask, valid, eligible, t, x0, clean_logits)
@@ -239,7 +251,7 @@ def training_loss(logits_fn: LogitsFn, x0, rng, cfg, *, valid=None, eligible=Non
     metrics.update(bits_per_token=summary["bits_per_token"], ppl_bound=summary["ppl_bound"])
   loss = diffusion_loss
   if plan.want_clean:
-    ar = losses.autoregressive_loss(s.clean_logits, s.x0, s.valid)
+    ar = losses.autoregressive_loss(s.clean_logits, s.x0, s.valid, s.eligible)
     metrics["ar_loss"] = ar
     loss = loss + cfg.aux_ar_weight * ar
   metrics["loss"] = loss

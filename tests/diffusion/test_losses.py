@@ -117,3 +117,12 @@ def test_summarize_nelbo():
   np.testing.assert_allclose(s["nll"], 2.0)
   np.testing.assert_allclose(s["bits_per_token"], 2.0 / math.log(2), rtol=1e-6)
   np.testing.assert_allclose(s["ppl_bound"], math.exp(2.0), rtol=1e-6)
+
+
+def test_shift_logits_takes_block_initial_predictions_from_the_clean_stream():
+  z = jnp.arange(2 * 6 * 3, dtype=jnp.float32).reshape(2, 6, 3)
+  clean = -z
+  first = jnp.broadcast_to(jnp.arange(6) % 3 == 0, (2, 6))
+  shifted = losses.shift_logits(z, clean, first)
+  np.testing.assert_array_equal(shifted[:, 3], clean[:, 2])     # block-initial: clean i − 1
+  np.testing.assert_array_equal(shifted[:, [1, 2, 4, 5]], z[:, [0, 1, 3, 4]])  # noisy i − 1
