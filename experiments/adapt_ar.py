@@ -100,8 +100,9 @@ def base_config(suite: str, size: dict):
   # Runs get an explicit one-device mesh; -1 lets export and restore (which build the saved
   # config's mesh on every device) work wherever the host has more devices.
   cfg.mesh.update(data=-1, fsdp=1, tensor=1)
-  # Every model shares the exported AR model's output alignment (HF next-token).
-  cfg.diffusion.update(token_shift=True)
+  # Every model shares the exported AR model's output alignment (HF next-token), and reads a
+  # block's first target from the clean stream, as the sampler predicts it.
+  cfg.diffusion.update(token_shift=True, shift_from_clean=True)
   return cfg
 
 
