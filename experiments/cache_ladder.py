@@ -1,12 +1,16 @@
 """The approximate-cache ladder on a full-attention model: speed vs drift vs accuracy.
 
-  python -m experiments.cache_ladder --workdir runs/block_size_sweep/b64 \
+  bdiff train --config configs/tasks.py:size=demo,block_size=48 \
+      --workdir runs/cache_ladder_mdlm --config.train.steps=600
+  python -m experiments.cache_ladder --workdir runs/cache_ladder_mdlm \
       --out docs/cache_ladder.md
 
 For each ``sample.cache`` mode of a full-attention model (``none``, the exact full recompute;
 Fast-dLLM v1's ``prefix`` / ``dual``, arXiv 2505.22618; dKV-Cache's ``dkv``, arXiv 2505.15781;
 ``window_block`` after Window-Diffusion, arXiv 2601.20332) it decodes the same task prompts with
-LLaDA-style semi-AR blocks (``--block``) and the Fast-dLLM threshold rule, greedily, and reports
+LLaDA-style semi-AR blocks (``--block``), greedily, one token per step (LLaDA's low-confidence
+remasking, arXiv 2502.09992; the regime with the most cached steps) or with Fast-dLLM's
+threshold rule (``--threshold``), and reports
 
 * tokens/s at batch 1 and batch 32: every mode's compiled sampler is timed in the same rounds
   (round r runs each mode once, so load changes on a shared machine hit all modes alike);
@@ -49,16 +53,19 @@ COLUMNS = (("cache", "{}"), ("batch", "{}"), ("tok/s", "{:.1f}"), ("± sd", "{:.
 
 
 def ladder_config(cfg, mode: str, block: int, threshold: float):
-  """The run's config decoding full attention in ``block``-long semi-AR blocks with ``mode``."""
+  """The run's config decoding full attention in ``block``-long semi-AR blocks with ``mode``:
+  Fast-dLLM's threshold rule, or (``threshold=0``) LLaDA's low-confidence remasking at one
+  token per step."""
   if cfg.diffusion.block_size < cfg.train.seq_len:
     raise ValueError(f"--workdir: diffusion.block_size={cfg.diffusion.block_size} < "
                      f"train.seq_len={cfg.train.seq_len}: not a one-block (MDLM) run, so it "
                      "is no full-attention model")
   cfg = cfg.copy_and_resolve_references()
   cfg.model.attention = "bidirectional"
-  cfg.sample.update(block_size=block, strategy="threshold", threshold=threshold,
-                    temperature=0.0, cache=mode, cache_refresh=0,
-                    commit="separate")  # a block-causal run's fused commit has no meaning here
+  rule = (dict(strategy="threshold", threshold=threshold) if threshold
+          else dict(strategy="static", steps=block, confidence="prob"))
+  cfg.sample.update(block_size=block, temperature=0.0, cache=mode, cache_refresh=0,
+                    commit="separate", **rule)  # fused commit: a block-causal setting
   return cfg
 
 
@@ -147,10 +154,19 @@ def run(cfg, params, tokenizer, args) -> list[dict]:
   return sorted(rows, key=lambda r: (r["batch"], modes.index(r["cache"])))
 
 
+def rule_text(threshold: float) -> str:
+  if threshold:
+    return f"threshold {threshold} (Fast-dLLM's rule)"
+  return "one token per step (LLaDA's low-confidence remasking, steps = block)"
+
+
 def markdown(rows: list[dict], cfg, args, command: str) -> str:
   return "\n".join([
       f"# Cache ladder: {cfg.name} (block {cfg.diffusion.block_size} = seq_len, "
       f"{cfg.model.n_layers} layers, d={cfg.model.d_model}) decoded with full attention",
+      "",
+      f"Model: trained {cfg.train.steps} steps on data.source={cfg.data.source} "
+      f"(tasks: {cfg.data.tasks}), run `{args.workdir}`.",
       "",
       f"Command: `{command}`",
       "",
@@ -158,7 +174,7 @@ def markdown(rows: list[dict], cfg, args, command: str) -> str:
       f"tokens/s are mean ± s.d. over {args.repeats} rounds in which every mode ran once "
       "(side by side, compilation excluded); `× none` is the ratio of means, and where two "
       "modes' intervals overlap this run does not separate them. Decoding: semi-AR blocks of "
-      f"{args.block}, threshold {args.threshold} (Fast-dLLM's rule), greedy, "
+      f"{args.block}, {rule_text(args.threshold)}, greedy, "
       f"max_new_tokens={cfg.sample.max_new_tokens}, cache_refresh=0 (each method's "
       f"block-start refresh only). Forwards, positions, drift and accuracy are over the same "
       f"{args.num_examples} prompts of {cfg.eval.tasks} (deterministic); drift = fraction of "
@@ -173,9 +189,10 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--workdir", required=True, help="a one-block (MDLM) run")
   parser.add_argument("--out", required=True, help="markdown output")
   parser.add_argument("--block", type=int, default=8, help="semi-AR block length")
-  parser.add_argument("--threshold", type=float, default=0.9)
+  parser.add_argument("--threshold", type=float, default=0.0,
+                      help="Fast-dLLM's threshold rule; 0 = one token per step (LLaDA static)")
   parser.add_argument("--num_examples", type=int, default=96)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--modes", default=",".join(MODES), help="comma-separated; none first")
   parser.add_argument("--smoke", action="store_true")
   args = parser.parse_args(argv)
