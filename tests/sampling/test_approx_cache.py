@@ -37,8 +37,8 @@ def test_refresh_every_step_equals_none(params, prompts, mode, shift):
     np.testing.assert_array_equal(out[key], ref[key], err_msg=key)
 
 
-@pytest.mark.parametrize("mode, shift", [("dkv", True), ("window_block", False)])
-def test_one_layer_cache_is_exact(prompts, mode, shift):
+@pytest.mark.parametrize("mode", MODES)
+def test_one_layer_cache_is_exact(prompts, mode, shift=True):  # shifted: one shared reference
   """One layer: cached K/V of decoded tokens are what a fresh forward gives, so the cached
   steps see the exact keys (a K/V cached while its token was still [MASK], or at the wrong
   slot, would change the tokens); ``window_block``'s buffer (4 blocks) covers all NEW masks."""
