@@ -48,7 +48,7 @@ def get_config(arg: str | None = None):
     # The ParallelBench-style suite for the decoding experiments: the deterministic controls
     # and the tasks with many valid answers where parallel decoding is expected to collapse
     # (shuffle, Latin square). block_size=52 (= seq_len) is the MDLM of the same size.
-    # Measured (docs/task_model.md): 3000 steps (81 min on the shared 2-core CPU) give copy
+    # Measured (docs/task_model.md): 3000 steps (80 min on the shared 2-core CPU) give copy
     # 100 %, the other tasks 0-72 % at one token per forward; the >= 95 % target needs a
     # longer run than this CPU allowed.
     cfg.name = "tasks_learned"
