@@ -9,6 +9,7 @@ commits several tokens in some steps and one in others.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bdiff import masks
 from bdiff.config import base_config
@@ -36,3 +37,13 @@ def sharpened_params(model_cfg, seed: int = 0):
   return jax.tree_util.tree_map_with_path(
       lambda path, x: x * 3.0 if _SHARPEN & {getattr(k, "key", None) for k in path} else x,
       params)
+
+
+def full_attention_params(vocab: int):
+  """Sharpened params of the tiny model under full (bidirectional) attention."""
+  return sharpened_params(tiny_config(vocab, 16, attention="bidirectional").model)
+
+
+def random_prompts(vocab: int, width: int, rows: int = 4):
+  """``[rows, width]`` int32 random prompt tokens (fixed key)."""
+  return np.asarray(jax.random.randint(jax.random.key(1), (rows, width), 0, vocab), np.int32)

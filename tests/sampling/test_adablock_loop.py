@@ -8,7 +8,7 @@ proposal, so lengths vary from 1 to the cap).
 import jax
 import numpy as np
 import pytest
-from sampling_common import sharpened_params, tiny_config
+from sampling_common import full_attention_params, random_prompts, tiny_config
 
 from bdiff.sampling import generate as gen
 from bdiff.sampling.config import validate_run_sample_config
@@ -32,12 +32,12 @@ def sampler(attention="bidirectional", **sample):
 
 @pytest.fixture(scope="module")
 def params():
-  return sharpened_params(tiny_config(V, 16, attention="bidirectional").model)
+  return full_attention_params(V)
 
 
 @pytest.fixture(scope="module")
 def prompts():
-  return np.asarray(jax.random.randint(jax.random.key(1), (4, WIDTH), 0, V), np.int32)
+  return random_prompts(V, WIDTH)
 
 
 def run(params, prompts, config, rows=(0, 1, 2, 3), trace=False):
