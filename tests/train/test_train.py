@@ -152,7 +152,8 @@ def test_bad_variant_value_names_the_variant_key():
   with pytest.raises(ValueError, match=r"configs/tiny.py: variant block_size must be an "
                      r"integer, got 'abc'"):
     tiny.get_config("block_size=abc")
-  with pytest.raises(ValueError, match=r"variant size must be one of \('base', 'demo', 'learned'\)"):
+  with pytest.raises(ValueError,
+                     match=r"variant size must be one of \('base', 'demo', 'learned'\)"):
     tasks_config.get_config("size=huge")
 
 
