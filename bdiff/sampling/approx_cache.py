@@ -55,6 +55,7 @@ import jax.numpy as jnp
 from bdiff import masks as masks_lib
 from bdiff.sampling import cache as cache_lib
 from bdiff.sampling import config as config_lib
+from bdiff.sampling import loop as loop_lib
 from bdiff.sampling.loop import LoopState, Rows, SamplerConfig
 
 MODES = config_lib.LADDER_CACHES
@@ -145,25 +146,20 @@ def forward(config: SamplerConfig, apply, state: LoopState, rows: Rows, full_for
   """
   busy = ~state.done
   refresh = refreshing(config, state)
-  bsz = state.tokens.shape[0]
-  none = jnp.zeros((bsz, config.block_size, config.model.vocab_size), jnp.float32)
 
   def full(cache):
     logits, kv = full_forward(config, apply, state, rows)
     sel = refresh & busy
-    k, v = (jnp.where(sel[None, :, None, None, None], new.astype(old.dtype), old)
-            for new, old in zip(kv, cache[:2]))
+    k, v = loop_lib.select_rows(sel, kv, cache[:2])
     bits = jnp.where(sel[:, None], _bits_after_refresh(config, state, rows), cache[2])
     return logits, (k, v, bits)
 
-  fresh, cache = jax.lax.cond(jnp.any(refresh & busy), full, lambda c: (none, c), state.cache)
   # Cached rows read and write only their own cache rows, which the full forward left alone.
   cached_rows = ~refresh & busy
-  stale, cache = jax.lax.cond(
-      jnp.any(cached_rows),
+  logits, cache = loop_lib.split_forward(
+      config, state, refresh, full,
       lambda c: _cached_forward(config, apply, state._replace(cache=c), rows, cached_rows),
-      lambda c: (none, c), cache)
-  logits = jnp.where(refresh[:, None, None], fresh, stale)
+      state.cache)
   start, width = _window(config, state)
   window = jnp.minimum(start + width, rows.limit) - start
   return logits, cache, jnp.where(refresh, rows.limit, window)

@@ -29,7 +29,6 @@ position before ``start``, whose logits predict it.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from bdiff import masks as masks_lib
@@ -136,26 +135,17 @@ def forward(config: SamplerConfig, apply, state: LoopState, rows: Rows, full_for
   busy = ~state.done
   wl, wr, open_now = window(config, state, rows)
   refresh, since = refreshing(config, state, open_now)
-  none = jnp.zeros((state.tokens.shape[0], config.block_size, config.model.vocab_size),
-                   jnp.float32)
 
   def full(kv):
     logits, new = full_forward(config, apply, state, rows)
-    sel = (refresh & busy)[None, :, None, None, None]
-    return logits, tuple(jnp.where(sel, n.astype(o.dtype), o) for n, o in zip(new, kv))
+    return logits, loop_lib.select_rows(refresh & busy, new, kv)
 
-  fresh, kv = jax.lax.cond(jnp.any(refresh & busy), full, lambda c: (none, c),
-                           state.cache[:2])
-  cached = ~refresh & busy
-
-  def cached_fn(kv):
+  def cached(kv):
     logits, k, v = _cached_forward(config, apply, state._replace(cache=(*kv, state.cache[2])),
                                    rows, wl, wr)
-    sel = cached[None, :, None, None, None]
-    return logits, (jnp.where(sel, k, kv[0]), jnp.where(sel, v, kv[1]))
+    return logits, loop_lib.select_rows(~refresh & busy, (k, v), kv)
 
-  stale, kv = jax.lax.cond(jnp.any(cached), cached_fn, lambda c: (none, c), kv)
-  logits = jnp.where(refresh[:, None, None], fresh, stale)
+  logits, kv = loop_lib.split_forward(config, state, refresh, full, cached, state.cache[:2])
   counters = {"since": jnp.where(refresh, 0, since), "open": open_now, "wl": wl}
   start, _ = _span(config, state, rows, wl, wr)
   width = jnp.minimum(start + _query_width(config), rows.limit) - start

@@ -160,21 +160,15 @@ def _forward(config: SamplerConfig, apply, state: LoopState, rows: Rows):
     return dcd_cache.forward(config, apply, state, rows, _full_forward)
   if config.cache_mode in approx_cache.MODES:  # dKV-Cache, Window-Diffusion
     return approx_cache.forward(config, apply, state, rows, _full_forward)
-  busy = ~state.done
   refresh = _refreshing(config, state)
-  vocab = config.model.vocab_size
-  none = jnp.zeros((state.tokens.shape[0], config.block_size, vocab), jnp.float32)
 
   def full(cache):
     logits, kv = _full_forward(config, apply, state, rows)
-    sel = (refresh & busy)[None, :, None, None, None]
-    return logits, tuple(jnp.where(sel, new.astype(old.dtype), old)
-                         for new, old in zip(kv, cache))
+    return logits, loop_lib.select_rows(refresh & ~state.done, kv, cache)
 
-  fresh, cache = jax.lax.cond(jnp.any(refresh & busy), full, lambda c: (none, c), state.cache)
-  stale = jax.lax.cond(jnp.any(~refresh & busy),
-                       lambda: _cached_forward(config, apply, state, rows), lambda: none)
-  logits = jnp.where(refresh[:, None, None], fresh, stale)
+  logits, cache = loop_lib.split_forward(
+      config, state, refresh, full,
+      lambda c: (_cached_forward(config, apply, state, rows), c), state.cache)
   positions = jnp.where(refresh, rows.limit, _cached_positions(config, state, rows))
   return logits, cache, positions
 

@@ -160,6 +160,27 @@ def block_end(config: SamplerConfig, state: LoopState) -> jax.Array:
   return state.blk_start + (config.block_size if state.blk_len is None else state.blk_len)
 
 
+def select_rows(rows_mask: jax.Array, new, old) -> tuple:
+  """``new`` where ``rows_mask [b]`` else ``old``, for cache tensors ``[n_layers, b, ...]``."""
+  sel = rows_mask[None, :, None, None, None]
+  return tuple(jnp.where(sel, n.astype(o.dtype), o) for n, o in zip(new, old))
+
+
+def split_forward(config: SamplerConfig, state: LoopState, refresh: jax.Array, full, cached,
+                  cache):
+  """One step of an approximate cache: rows that ``refresh`` run ``full(cache)``, the other
+  busy rows ``cached(cache)`` (each ``-> (block logits [b, B, V], cache)``), each under
+  ``lax.cond`` and skipped when no busy row needs it, so a row's logits come from its own
+  branch whatever the other rows do. Returns ``(block logits, cache)``."""
+  busy = ~state.done
+  none = jnp.zeros((state.tokens.shape[0], config.block_size, config.model.vocab_size),
+                   jnp.float32)
+  skip = lambda c: (none, c)  # noqa: E731
+  fresh, cache = jax.lax.cond(jnp.any(refresh & busy), full, skip, cache)
+  stale, cache = jax.lax.cond(jnp.any(~refresh & busy), cached, skip, cache)
+  return jnp.where(refresh[:, None, None], fresh, stale), cache
+
+
 def step_keys(state: LoopState, rows: Rows) -> jax.Array:
   """``[b]`` this step's per-row keys: ``fold_in(fold_in(rng, row_id), nfe_denoise)``."""
   return jax.vmap(lambda u, n: jax.random.fold_in(jax.random.fold_in(rows.rng, u), n))(
