@@ -160,12 +160,13 @@ def _zero_rows_without_key(out, has_key):
   return jnp.where(keep, out, jnp.zeros_like(out))
 
 
-def pallas_attention(q, k, v, mask, *, segment_ids=None, scale=None, backend=None):
+def pallas_attention(q, k, v, mask, *, segment_ids=None, scale=None, backend=None,
+                     return_lse: bool = False):
   """Block-sparse Pallas kernels; the mask must be a static mask object.
 
   Runtime (per-row) structure goes through ``segment_ids``, which the kernels compare per
   tile. ``backend`` picks the kernel ("tpu", "tpu_interpret", "gpu", "gpu_interpret",
-  "reference"); None = by platform.
+  "reference"); None = by platform. ``return_lse``: also the LSE [b, h, q] (natural log).
   """
   if not isinstance(mask, masks_lib.Mask):
     raise ValueError('impl="pallas" needs a bdiff.masks mask object (the sparsity plan is '
@@ -173,7 +174,7 @@ def pallas_attention(q, k, v, mask, *, segment_ids=None, scale=None, backend=Non
                      'as segment_ids, or use impl="xla"')
   plan = api.plan_for_mask(mask)
   return api.block_sparse_attention(q, k, v, plan, segment_ids=segment_ids, scale=scale,
-                                    backend=backend)
+                                    backend=backend, return_lse=return_lse)
 
 
 class TokamaxMask(NamedTuple):
@@ -304,3 +305,108 @@ def attend(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=Non
   if impl == "tokamax":
     return tokamax_attention(q, k, v, mask, segment_ids=segment_ids, scale=scale)
   raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Attention over disjoint key sets, merged through the log-sum-exp (FlashBlock caching).
+
+LSE_IMPLS = ("xla", "pallas")  # backends that return (O, LSE)
+
+
+def attend_with_lse(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=None,
+                    backend: str | None = None):
+  """:func:`attend` that also returns the log-sum-exp of each query row's logits.
+
+  Returns:
+    ``(out [b, q, h, d] in q's dtype, lse f32 [b, h, q])``, natural log, ``-inf`` (and out 0)
+    on a row with no allowed key. Only the xla and pallas backends expose the LSE.
+  """
+  if impl == "xla":
+    return xla_attention(q, k, v, mask, segment_ids=segment_ids, scale=scale, return_lse=True)
+  if impl == "pallas":
+    return pallas_attention(q, k, v, mask, segment_ids=segment_ids, scale=scale,
+                            backend=backend, return_lse=True)
+  raise ValueError(f"attention with its log-sum-exp needs impl in {LSE_IMPLS}, got {impl!r} "
+                   "(the cuDNN and tokamax wrappers do not return it)")
+
+
+def merge_attention(*parts):
+  """The attention over the union of disjoint key sets, from each set's ``(out, lse)``.
+
+  ``out [b, q, h, d]``, ``lse [b, h, q]`` (natural log, same logit scale in every part). The
+  union's LSE is ``logaddexp`` of the parts' and each part is weighted by ``exp(lse_i - lse)``;
+  an empty part (``lse = -inf``) weighs 0, and a row empty in every part stays 0 with LSE
+  ``-inf``, never NaN. Computed in fp32 (a bf16 LSE would shift a part's weight by up to 3 %).
+
+  Returns:
+    ``(out f32 [b, q, h, d], lse f32 [b, h, q])``.
+  """
+  lses = [jnp.asarray(lse, jnp.float32) for _, lse in parts]
+  total = lses[0]
+  for lse in lses[1:]:
+    total = jnp.logaddexp(total, lse)
+  shift = jnp.where(jnp.isfinite(total), total, 0.0)
+  out = 0.0
+  for (o, _), lse in zip(parts, lses):
+    weight = jnp.where(lse == -jnp.inf, 0.0, jnp.exp(lse - shift))  # [b, h, q]
+    out = out + weight.transpose(0, 2, 1)[..., None] * o.astype(jnp.float32)
+  return out, total
+
+
+def split_at_cache(mask, segment_ids, cache_size: int):
+  """A forward's rule over ``[cache (cache_size) ; window]`` keys, cut into its two parts.
+
+  Returns ``((mask, segment_ids) over the cache keys, (mask, segment_ids) over the window
+  keys)``. The sampler's ``CacheWindow`` splits into full attention over the cache (per-row
+  validity stays in the segment ids) and the block-causal window, both static mask objects
+  (the pallas backend can run them); another mask object or an explicit array is cut as a
+  dense array (xla backend).
+  """
+  if cache_size <= 0:
+    raise ValueError(f"split_at_cache needs a cache (cache_size > 0), got {cache_size}")
+  if isinstance(mask, masks_lib.CacheWindow) and mask.cache_size == cache_size:
+    parts = (masks_lib.full(mask.width, cache_size),
+             masks_lib.block_causal(mask.width, mask.width, mask.block_size))
+  elif mask is None:
+    parts = (None, None)
+  else:
+    arr = mask.jnp_array() if isinstance(mask, masks_lib.Mask) else jnp.asarray(mask, bool)
+    parts = (arr[..., :cache_size], arr[..., cache_size:])
+  if segment_ids is None:
+    return (parts[0], None), (parts[1], None)
+  q_seg, kv_seg = segment_ids
+  return ((parts[0], (q_seg, kv_seg[:, :cache_size])),
+          (parts[1], (q_seg, kv_seg[:, cache_size:])))
+
+
+def attend_split(q, window_kv, cache_kv, mask=None, *, ext=None, impl: str = "xla",
+                 segment_ids=None, backend: str | None = None):
+  """Attention of ``q`` over ``[cache ; window]`` keys as two parts merged in log space.
+
+  FlashBlock caching (Caesarhhh/FlashBlock): the *external* part (the cache keys) is computed
+  once and reused while the window is denoised; only the *internal* part (the window's own
+  keys) is recomputed. ``mask`` and ``segment_ids`` are the whole forward's rule over
+  ``cache_len + window_len`` keys (as :func:`attend` would take them).
+
+  Args:
+    q: [b, l, h, d].
+    window_kv: (k, v) [b, l, kv_heads, d], this call's keys.
+    cache_kv: (k, v) [b, S, kv_heads, d]; with ``ext`` given only its length S is used.
+    ext: None, or the external part ``(out f32 [b, l, h, d], lse f32 [b, h, l])`` of an
+      earlier call, used in place of attending the cache.
+
+  Returns:
+    ``(out [b, l, h, d] in q's dtype, (out_ext f32, lse_ext f32))``: the merged attention and
+    the external part it used (``ext`` itself when given).
+  """
+  (ext_mask, ext_seg), (int_mask, int_seg) = split_at_cache(mask, segment_ids,
+                                                            cache_kv[0].shape[1])
+  if ext is None:
+    k, v = (c.astype(q.dtype) for c in cache_kv)
+    o_ext, lse_ext = attend_with_lse(q, k, v, ext_mask, impl=impl, segment_ids=ext_seg,
+                                     backend=backend)
+    ext = (o_ext.astype(jnp.float32), lse_ext)
+  internal = attend_with_lse(q, *window_kv, int_mask, impl=impl, segment_ids=int_seg,
+                             backend=backend)
+  out, _ = merge_attention(ext, internal)
+  return out.astype(q.dtype), ext
