@@ -199,20 +199,70 @@ class Transformer(nn.Module):
     return x, jax.tree.map(lambda *a: jnp.stack(a), *kvs)
 
   def _head(self, x, table):
-    cfg = self.config
-    if cfg.tie_embeddings:
-      w = table[:cfg.vocab_size].T.astype(x.dtype)  # [d, V]: an appended MASK row excluded
-      logits = jnp.einsum("bld,dv->blv", x, w)
-      if cfg.tied_logit_scale:
-        # bdiff's embeddings are initialised with unit variance; 1/sqrt(d) keeps logits O(1).
-        logits = logits * (cfg.d_model ** -0.5)
-    else:
-      logits = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=x.dtype,
-                               param_dtype=jnp.float32,
-                               kernel_init=layers.init_with_axes(("embed", "vocab")),
-                               name="head")(x)
-    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-    return logits.astype(jnp.float32)
+    return output_head(self.config, x, table)
+
+
+def output_head(cfg, x, table):
+  """Logits (fp32) of final-normed hidden states ``x`` (the tied table or a ``head`` layer,
+  created in the calling module's compact scope)."""
+  if cfg.tie_embeddings:
+    w = table[:cfg.vocab_size].T.astype(x.dtype)  # [d, V]: an appended MASK row excluded
+    logits = jnp.einsum("bld,dv->blv", x, w)
+    if cfg.tied_logit_scale:
+      # bdiff's embeddings are initialised with unit variance; 1/sqrt(d) keeps logits O(1).
+      logits = logits * (cfg.d_model ** -0.5)
+  else:
+    logits = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=x.dtype,
+                             param_dtype=jnp.float32,
+                             kernel_init=layers.init_with_axes(("embed", "vocab")),
+                             name="head")(x)
+  logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+  return logits.astype(jnp.float32)
+
+
+# ------------------------------------------------------------------------------------------
+# Layer-wise hook: the Transformer's forward split into embedding, one layer at a time and
+# output, on its own parameters. Samplers that decide per layer what to recompute (an
+# attention-drift test between layers) compose these; composed over every layer they give
+# ``Transformer.__call__``'s logits.
+
+
+class _Output(nn.Module):
+  """The Transformer's final norm and head alone, under the same parameter names."""
+  config: Any
+
+  @nn.compact
+  def __call__(self, x, table):
+    x = layers.RMSNorm(self.config.norm_eps, dtype=jnp.dtype(self.config.dtype),
+                       name="final_norm")(x)
+    return output_head(self.config, x, table)
+
+
+def embed_tokens(cfg, params, tokens):
+  """``[b, l, d_model]`` input hidden states of ``tokens`` (compute dtype)."""
+  return jnp.take(params["embed"], tokens, axis=0).astype(jnp.dtype(cfg.dtype))
+
+
+def run_layer(cfg, params, i: int, x, positions, mask, *, segment_ids=None, cache=None):
+  """Decoder layer ``i`` alone (its slice of a scanned stack): ``(x, (k, v), q)``.
+
+  Arguments as ``Transformer.__call__``'s for one layer (``cache`` is that layer's ``(k, v)``
+  ``[b, S, kv_heads, head_dim]``); ``q [b, l, heads, head_dim]`` are the post-RoPE queries.
+  """
+  layer_p = (jax.tree.map(lambda a: a[i], params["layers"]) if cfg.scan_layers
+             else params[f"layer_{i}"])
+  static = mask if isinstance(mask, masks_lib.Mask) else None
+  layer = layers.DecoderLayer(cfg, static)
+  (x, kv), state = layer.apply({"params": layer_p}, x, positions,
+                               None if static is not None else mask, segment_ids, cache,
+                               mutable=["intermediates"])
+  return x, kv, state["intermediates"]["attn"]["attn_q"][0]
+
+
+def output_logits(cfg, params, x):
+  """fp32 logits of the last layer's hidden states ``x`` (final norm, then the head)."""
+  head = {k: params[k] for k in ("final_norm", "head") if k in params}
+  return _Output(cfg).apply({"params": head}, x, params["embed"])
 
 
 def make_model(model_cfg) -> Transformer:
