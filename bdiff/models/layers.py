@@ -14,6 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bdiff import attention as attention_lib
+from bdiff import masks as masks_lib
+from pallas_kernels.block_sparse_attention import api as bsa_api
+from pallas_kernels.block_sparse_attention import reference as bsa_reference
 
 Array = jax.Array
 
@@ -86,13 +89,36 @@ def apply_rope(x: Array, positions: Array, theta: float, scaling=None) -> Array:
   return out.astype(x.dtype)
 
 
+def attend_under_plan(cfg, q, k, v, mask, plan, segment_ids):
+  """Attention restricted to a runtime block-sparse ``plan`` (per-row, per-head key tiles).
+
+  ``model.attention_impl="pallas"`` runs the block-sparse kernels on the plan itself (only
+  the listed tiles are computed); every other impl gets the plan's dense bool mask (same
+  result, dense cost). The plan already holds the whole pattern, so the static mask must be
+  full attention.
+  """
+  if not (mask is None or isinstance(mask, masks_lib.Full)):
+    raise ValueError("a sparsity plan replaces the attention mask: it needs full attention "
+                     f"(mask None or bdiff.masks.Full), got {type(mask).__name__}")
+  if cfg.attention_impl == "pallas":
+    return bsa_api.block_sparse_attention(q, k, v, plan, segment_ids=segment_ids,
+                                          backend=cfg.pallas_backend or None)
+  return attention_lib.attend(q, k, v, bsa_reference.dense_mask(plan),
+                              impl=cfg.attention_impl, segment_ids=segment_ids)
+
+
 class Attention(nn.Module):
-  """Grouped-query self-attention with optional qk-norm and an optional prefix KV cache."""
+  """Grouped-query self-attention with optional qk-norm and an optional prefix KV cache.
+
+  The post-RoPE queries are sown as ``intermediates/attn_q`` (kept only when the caller
+  makes that collection mutable: a sampler that derives attention patterns reads them);
+  ``plan`` (a block-sparse ``SparsityPlan``) restricts attention to runtime-chosen tiles.
+  """
   config: Any
   static_mask: Any = None  # a bdiff.masks object (hashable), or None
 
   @nn.compact
-  def __call__(self, x, positions, dyn_mask=None, segment_ids=None, cache=None):
+  def __call__(self, x, positions, dyn_mask=None, segment_ids=None, cache=None, plan=None):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     dense = lambda feats, axes, name: nn.DenseGeneral(  # noqa: E731
@@ -111,9 +137,13 @@ class Attention(nn.Module):
     if cache is not None:
       k = jnp.concatenate([cache[0].astype(k.dtype), k], axis=1)
       v = jnp.concatenate([cache[1].astype(v.dtype), v], axis=1)
+    self.sow("intermediates", "attn_q", q)  # a no-op unless "intermediates" is mutable
     mask = self.static_mask if dyn_mask is None else dyn_mask
-    out = attention_lib.attend(q, k, v, mask, impl=cfg.attention_impl,
-                               segment_ids=segment_ids, backend=cfg.pallas_backend or None)
+    if plan is not None:
+      out = attend_under_plan(cfg, q, k, v, mask, plan, segment_ids)
+    else:
+      out = attention_lib.attend(q, k, v, mask, impl=cfg.attention_impl,
+                                 segment_ids=segment_ids, backend=cfg.pallas_backend or None)
     out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=False, dtype=dtype,
                           param_dtype=jnp.float32,
                           kernel_init=init_with_axes(("heads", "head_dim", "embed"),
@@ -145,12 +175,12 @@ class DecoderLayer(nn.Module):
   static_mask: Any = None
 
   @nn.compact
-  def __call__(self, x, positions, dyn_mask, segment_ids, cache):
+  def __call__(self, x, positions, dyn_mask, segment_ids, cache, plan=None):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     h = RMSNorm(cfg.norm_eps, dtype=dtype, name="attn_norm")(x)
     h, new_kv = Attention(cfg, self.static_mask, name="attn")(
-        h, positions, dyn_mask, segment_ids, cache)
+        h, positions, dyn_mask, segment_ids, cache, plan)
     x = x + h
     x = x + SwiGLU(cfg, name="mlp")(RMSNorm(cfg.norm_eps, dtype=dtype, name="mlp_norm")(x))
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))

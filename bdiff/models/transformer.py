@@ -145,15 +145,15 @@ class Transformer(nn.Module):
       layer = nn.remat(layer, policy=policy, prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       return nn.scan(
-          layer, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.n_layers,
+          layer, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0), length=cfg.n_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
       )(cfg, static_mask, name="layers")
     return [layer(cfg, static_mask, name=f"layer_{i}") for i in range(cfg.n_layers)]
 
   @nn.compact
   def __call__(self, tokens, positions, mask=None, *, segment_ids=None, cache=None,
-               num_logits: int | None = None, return_kv: bool = False):
+               num_logits: int | None = None, return_kv: bool = False, plan=None):
     """Forward pass.
 
     Args:
@@ -167,6 +167,11 @@ class Transformer(nn.Module):
       num_logits: compute logits for the first ``num_logits`` positions only (the noisy half
         of the two-stream input); None = all.
       return_kv: also return this call's (k, v), each [n_layers, b, l, kv_heads, head_dim].
+      plan: optional per-layer block-sparse ``SparsityPlan`` (leaves with a leading
+        ``n_layers`` axis, tiles over (l, S + l)) replacing full attention (``mask`` must be
+        None or full): runtime top-k key tiles per row and head (SparseD). With the
+        ``intermediates`` collection mutable, each layer's post-RoPE queries are sown as
+        ``attn_q``.
 
     Returns:
       logits [b, num_logits or l, vocab_size] in fp32 (and the new K/V if ``return_kv``).
@@ -180,21 +185,23 @@ class Transformer(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     static_mask = mask if isinstance(mask, masks_lib.Mask) else None
     dyn_mask = None if static_mask is not None else mask
-    x, new_kv = self._run_layers(x, positions, static_mask, dyn_mask, segment_ids, cache)
+    x, new_kv = self._run_layers(x, positions, static_mask, dyn_mask, segment_ids, cache,
+                                 plan)
     x = layers.RMSNorm(cfg.norm_eps, dtype=dtype, name="final_norm")(x)
     if num_logits is not None:
       x = x[:, :num_logits]
     logits = self._head(x, table)
     return (logits, new_kv) if return_kv else logits
 
-  def _run_layers(self, x, positions, static_mask, dyn_mask, segment_ids, cache):
+  def _run_layers(self, x, positions, static_mask, dyn_mask, segment_ids, cache, plan=None):
     stack = self._layers(static_mask)
     if self.config.scan_layers:
-      return stack(x, positions, dyn_mask, segment_ids, cache)
+      return stack(x, positions, dyn_mask, segment_ids, cache, plan)
     kvs = []
     for i, layer in enumerate(stack):
       layer_cache = None if cache is None else (cache[0][i], cache[1][i])
-      x, kv = layer(x, positions, dyn_mask, segment_ids, layer_cache)
+      layer_plan = None if plan is None else jax.tree.map(lambda a, i=i: a[i], plan)
+      x, kv = layer(x, positions, dyn_mask, segment_ids, layer_cache, layer_plan)
       kvs.append(kv)
     return x, jax.tree.map(lambda *a: jnp.stack(a), *kvs)
 
