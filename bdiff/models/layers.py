@@ -116,9 +116,15 @@ class Attention(nn.Module):
   """
   config: Any
   static_mask: Any = None  # a bdiff.masks object (hashable), or None
+  # FlashBlock caching (Caesarhhh/FlashBlock): attend the cache and this call's keys as two
+  # parts merged through their log-sum-exp, and also return the cache part ``(out, lse)``.
+  split_ext: bool = False
 
   @nn.compact
-  def __call__(self, x, positions, dyn_mask=None, segment_ids=None, cache=None, plan=None):
+  def __call__(self, x, positions, dyn_mask=None, segment_ids=None, cache=None, plan=None,
+               attn_ext=None):
+    """``attn_ext``: the cache part ``(out, lse)`` of an earlier call (FlashBlock), used in
+    place of attending ``cache``; only this call's keys are attended, and merged with it."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     dense = lambda feats, axes, name: nn.DenseGeneral(  # noqa: E731
@@ -139,7 +145,12 @@ class Attention(nn.Module):
       v = jnp.concatenate([cache[1].astype(v.dtype), v], axis=1)
     self.sow("intermediates", "attn_q", q)  # a no-op unless "intermediates" is mutable
     mask = self.static_mask if dyn_mask is None else dyn_mask
-    if plan is not None:
+    ext = None
+    if self.split_ext or attn_ext is not None:  # FlashBlock: cache and window parts apart
+      out, ext = attention_lib.attend_split(
+          q, new_kv, cache, mask, ext=attn_ext, impl=cfg.attention_impl,
+          segment_ids=segment_ids, backend=cfg.pallas_backend or None)
+    elif plan is not None:
       out = attend_under_plan(cfg, q, k, v, mask, plan, segment_ids)
     else:
       out = attention_lib.attend(q, k, v, mask, impl=cfg.attention_impl,
@@ -149,7 +160,7 @@ class Attention(nn.Module):
                           kernel_init=init_with_axes(("heads", "head_dim", "embed"),
                                             fan_in_axes=(0, 1)),
                           name="o")(out)
-    return out, new_kv
+    return (out, new_kv, ext) if self.split_ext else (out, new_kv)
 
 
 class SwiGLU(nn.Module):
@@ -173,15 +184,16 @@ class DecoderLayer(nn.Module):
   """Pre-norm residual layer. Signature ``(carry, *xs) -> (carry, ys)`` so it can be scanned."""
   config: Any
   static_mask: Any = None
+  split_ext: bool = False  # FlashBlock: ys = (K/V, the attention's cache part (out, lse))
 
   @nn.compact
-  def __call__(self, x, positions, dyn_mask, segment_ids, cache, plan=None):
+  def __call__(self, x, positions, dyn_mask, segment_ids, cache, plan=None, attn_ext=None):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     h = RMSNorm(cfg.norm_eps, dtype=dtype, name="attn_norm")(x)
-    h, new_kv = Attention(cfg, self.static_mask, name="attn")(
-        h, positions, dyn_mask, segment_ids, cache, plan)
+    h, *ys = Attention(cfg, self.static_mask, self.split_ext, name="attn")(
+        h, positions, dyn_mask, segment_ids, cache, plan, attn_ext)
     x = x + h
     x = x + SwiGLU(cfg, name="mlp")(RMSNorm(cfg.norm_eps, dtype=dtype, name="mlp_norm")(x))
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    return x, new_kv
+    return x, (tuple(ys) if self.split_ext else ys[0])

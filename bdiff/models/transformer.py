@@ -137,7 +137,7 @@ class Transformer(nn.Module):
   def mask_id(self) -> int:
     return mask_token_id(self.config)
 
-  def _layers(self, static_mask):
+  def _layers(self, static_mask, split_ext: bool = False):
     cfg = self.config
     layer = layers.DecoderLayer
     policy = REMAT_POLICIES[cfg.remat]
@@ -146,14 +146,16 @@ class Transformer(nn.Module):
     if cfg.scan_layers:
       return nn.scan(
           layer, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0), length=cfg.n_layers,
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0, 0), length=cfg.n_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
-      )(cfg, static_mask, name="layers")
-    return [layer(cfg, static_mask, name=f"layer_{i}") for i in range(cfg.n_layers)]
+      )(cfg, static_mask, split_ext, name="layers")
+    return [layer(cfg, static_mask, split_ext, name=f"layer_{i}")
+            for i in range(cfg.n_layers)]
 
   @nn.compact
   def __call__(self, tokens, positions, mask=None, *, segment_ids=None, cache=None,
-               num_logits: int | None = None, return_kv: bool = False, plan=None):
+               num_logits: int | None = None, return_kv: bool = False, plan=None,
+               attn_ext=None, return_attn_ext: bool = False):
     """Forward pass.
 
     Args:
@@ -173,9 +175,24 @@ class Transformer(nn.Module):
         ``intermediates`` collection mutable, each layer's post-RoPE queries are sown as
         ``attn_q``.
 
+      return_attn_ext: FlashBlock caching (Caesarhhh/FlashBlock): attend ``cache`` and this
+        call's keys as two parts merged through their log-sum-exp (equal to one attention up
+        to fp32 rounding) and also return each layer's cache part ``(out [n_layers, b, l,
+        heads, head_dim], lse [n_layers, b, heads, l])``, fp32.
+      attn_ext: such cache parts from an earlier call, used in place of attending ``cache``
+        (whose length S still places this call's keys in ``mask``): only this call's keys are
+        attended, and merged with them.
+
     Returns:
-      logits [b, num_logits or l, vocab_size] in fp32 (and the new K/V if ``return_kv``).
+      logits [b, num_logits or l, vocab_size] in fp32 (and the new K/V if ``return_kv``, then
+      the cache parts if ``return_attn_ext``).
     """
+    if (return_attn_ext or attn_ext is not None) and cache is None:
+      raise ValueError("return_attn_ext / attn_ext split attention at the cache: they need "
+                       "cache=(k, v)")
+    if return_attn_ext and attn_ext is not None:
+      raise ValueError("return_attn_ext computes the cache part that attn_ext supplies: pass "
+                       "one of them")
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     table = self.param("embed", nn.with_logical_partitioning(
@@ -185,23 +202,28 @@ class Transformer(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     static_mask = mask if isinstance(mask, masks_lib.Mask) else None
     dyn_mask = None if static_mask is not None else mask
-    x, new_kv = self._run_layers(x, positions, static_mask, dyn_mask, segment_ids, cache,
-                                 plan)
+    x, ys = self._run_layers(x, positions, static_mask, dyn_mask, segment_ids, cache, plan,
+                             attn_ext, return_attn_ext)
     x = layers.RMSNorm(cfg.norm_eps, dtype=dtype, name="final_norm")(x)
     if num_logits is not None:
       x = x[:, :num_logits]
     logits = self._head(x, table)
+    new_kv, ext = ys if return_attn_ext else (ys, None)
+    if return_attn_ext:
+      return (logits, new_kv, ext) if return_kv else (logits, ext)
     return (logits, new_kv) if return_kv else logits
 
-  def _run_layers(self, x, positions, static_mask, dyn_mask, segment_ids, cache, plan=None):
-    stack = self._layers(static_mask)
+  def _run_layers(self, x, positions, static_mask, dyn_mask, segment_ids, cache, plan=None,
+                  attn_ext=None, split_ext: bool = False):
+    stack = self._layers(static_mask, split_ext)
     if self.config.scan_layers:
-      return stack(x, positions, dyn_mask, segment_ids, cache, plan)
+      return stack(x, positions, dyn_mask, segment_ids, cache, plan, attn_ext)
     kvs = []
     for i, layer in enumerate(stack):
       layer_cache = None if cache is None else (cache[0][i], cache[1][i])
       layer_plan = None if plan is None else jax.tree.map(lambda a, i=i: a[i], plan)
-      x, kv = layer(x, positions, dyn_mask, segment_ids, layer_cache, layer_plan)
+      layer_ext = None if attn_ext is None else jax.tree.map(lambda a, i=i: a[i], attn_ext)
+      x, kv = layer(x, positions, dyn_mask, segment_ids, layer_cache, layer_plan, layer_ext)
       kvs.append(kv)
     return x, jax.tree.map(lambda *a: jnp.stack(a), *kvs)
 
@@ -250,14 +272,21 @@ def embed_tokens(cfg, params, tokens):
   return jnp.take(params["embed"], tokens, axis=0).astype(jnp.dtype(cfg.dtype))
 
 
-def run_layer(cfg, params, i: int, x, positions, mask, *, segment_ids=None, cache=None):
-  """Decoder layer ``i`` alone (its slice of a scanned stack): ``(x, (k, v), q)``.
+def stacked_layer_params(cfg, params):
+  """Every layer's parameters with a leading ``n_layers`` axis (scanned or unrolled model)."""
+  if cfg.scan_layers:
+    return params["layers"]
+  return jax.tree.map(lambda *a: jnp.stack(a), *(params[f"layer_{i}"]
+                                                 for i in range(cfg.n_layers)))
+
+
+def run_layer(cfg, layer_p, x, positions, mask, *, segment_ids=None, cache=None):
+  """One decoder layer alone, ``layer_p`` its parameters (a slice of
+  :func:`stacked_layer_params`): ``(x, (k, v), q)``.
 
   Arguments as ``Transformer.__call__``'s for one layer (``cache`` is that layer's ``(k, v)``
   ``[b, S, kv_heads, head_dim]``); ``q [b, l, heads, head_dim]`` are the post-RoPE queries.
   """
-  layer_p = (jax.tree.map(lambda a: a[i], params["layers"]) if cfg.scan_layers
-             else params[f"layer_{i}"])
   static = mask if isinstance(mask, masks_lib.Mask) else None
   layer = layers.DecoderLayer(cfg, static)
   (x, kv), state = layer.apply({"params": layer_p}, x, positions,
