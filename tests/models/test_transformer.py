@@ -61,6 +61,20 @@ def test_two_stream_equals_blockwise_forward(scan, qk_norm, tied, n, block):
                                atol=2e-5, rtol=2e-5)
 
 
+def test_one_block_skips_clean_stream_with_equal_logits():
+  """At block = n (MDLM) two_stream_logits runs the noisy stream alone; its logits equal the
+  noisy half of the full [x_t ; x_0] forward, with and without packed segment ids."""
+  n = 12
+  model, params, x0, xt = setup(small_config(), n, n)
+  seg = jnp.asarray([[0] * 5 + [1] * 7, [0] * 12])
+  for segment_ids in (None, seg):
+    fast, _ = two_stream_logits(model, params, xt, x0, n, segment_ids=segment_ids)
+    both = None if segment_ids is None else (jnp.tile(segment_ids, 2),) * 2
+    full = model.apply(params, jnp.concatenate([xt, x0], 1), jnp.tile(positions(0, n), 2),
+                       masks.bd3_training(n, n), segment_ids=both)[:, :n]
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(full), atol=2e-5, rtol=2e-5)
+
+
 def test_cached_forward_equals_two_stream():
   """Prefill clean blocks into a K/V cache, then the noisy block against it."""
   n, block = 12, 4
