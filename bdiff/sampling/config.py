@@ -16,6 +16,7 @@ import dataclasses
 
 import ml_collections
 
+from bdiff import attention as attention_lib
 from bdiff.sampling import strategies as strategies_lib
 
 COMMIT_MODES = ("separate", "fused")
@@ -29,6 +30,12 @@ BLOCK_CAUSAL_CACHES = ("exact", "none")         # exact KV cache of clean blocks
 # exact recompute, Fast-dLLM v1 caches, the ladder's further rungs
 FULL_ATTENTION_CACHES = ("none", "prefix", "dual") + LADDER_CACHES + DCD_CACHES
 APPROXIMATE_CACHES = ("prefix", "dual") + LADDER_CACHES + DCD_CACHES
+# FlashBlock: block-external attention cached at a block's first step, on top of the exact
+# KV cache of block-causal models (flashblock.py).
+FLASHBLOCK_CACHE = "flashblock"
+CACHE_MODES += (FLASHBLOCK_CACHE,)
+BLOCK_CAUSAL_CACHES += (FLASHBLOCK_CACHE,)
+APPROXIMATE_CACHES += (FLASHBLOCK_CACHE,)
 PROMPT_PREFIXES = ("auto", "none", "bos", "eos")
 STRICT_CHOICES = ("auto", "true", "false")
 # Strategies the block-causal loop cannot host: AdaBlock chooses each block's length at
@@ -273,6 +280,21 @@ def _check_dcd_cache(cfg, scfg, mode: str) -> None:
                      "set it >= 1")
 
 
+def _check_flashblock(cfg, mode: str, attention_impl: str) -> None:
+  """FlashBlock caches the attention of a block's queries over the cache, so it needs the
+  separate commit pass (the fused window re-queries the previous block) and an attention
+  backend that returns the log-sum-exp its merge needs."""
+  if mode != FLASHBLOCK_CACHE:
+    return
+  if cfg.commit != "separate":
+    raise ValueError(f"sample.cache='flashblock' needs sample.commit='separate', got "
+                     f"{cfg.commit!r} (the fused window re-queries the previous block)")
+  if attention_impl not in attention_lib.LSE_IMPLS:
+    raise ValueError(f"sample.cache='flashblock' merges attention parts through their "
+                     f"log-sum-exp, which model.attention_impl={attention_impl!r} does not "
+                     f"return; use one of {attention_lib.LSE_IMPLS}")
+
+
 def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None, *,
                            context_causal: bool = False, attention_impl: str = "xla",
                            full_attention: bool = False) -> None:
@@ -298,6 +320,7 @@ def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None
   _check_adablock(scfg, decode_block_size(cfg, block_size, full_attention), full_attention,
                   mode)
   _check_dcd_cache(cfg, scfg, mode)
+  _check_flashblock(cfg, mode, attention_impl)
   if token_shift is False and cfg.first_token_from_commit:
     raise ValueError("sample.first_token_from_commit is only meaningful for token-shifted "
                      "models (diffusion.token_shift=True)")

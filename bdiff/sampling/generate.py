@@ -48,6 +48,7 @@ import jax.numpy as jnp
 
 from bdiff import sharding as sharding_lib
 from bdiff.sampling import cache as cache_lib
+from bdiff.sampling import flashblock
 from bdiff.sampling import full_attention
 from bdiff.sampling import loop as loop_lib
 from bdiff.sampling import strategies as strategies_lib
@@ -83,7 +84,8 @@ def _settle(config: SamplerConfig, state: LoopState, rows: Rows) -> LoopState:
 
 
 def _exact(config: SamplerConfig) -> bool:
-  return config.cache_mode == "exact"
+  """The loop runs on the exact KV cache of clean blocks (FlashBlock caches on top of it)."""
+  return config.cache_mode in ("exact", flashblock.MODE)
 
 
 def _forward_positions(config: SamplerConfig, rows: Rows) -> jax.Array:
@@ -131,7 +133,9 @@ def _init(config: SamplerConfig, apply, prompts, rows: Rows, trace: bool):
       stop_pos=jnp.full((bsz,), length, jnp.int32), nfe_denoise=zeros, nfe_commit=zeros,
       positions=positions, prev_logits=prev, cache=cache,
       strat=strategies_lib.init_state(config.strategy, bsz, blk),
-      it=jnp.zeros((), jnp.int32), trace=None)
+      it=jnp.zeros((), jnp.int32), trace=None,
+      attn_ext=flashblock.init_ext(config, bsz) if config.cache_mode == flashblock.MODE
+      else None)
   if config.first_token_from_commit and nfe_prefill:
     state = _put_token(config, state, rows, prev, start, rows.lengths % blk == 0)
   if trace:
@@ -153,6 +157,17 @@ def _forward(config: SamplerConfig, apply, state: LoopState):
     zs = jnp.concatenate([z[:, :1], z[:, :-1]], axis=1) if config.token_shift else z
     last = cache_lib.gather_windows(z, state.blk_start + blk - 1, 1)[:, 0]
     return cache_lib.gather_windows(zs, state.blk_start, blk), last, None
+  return _window_forward(config, apply, state)
+
+
+def _window_forward(config: SamplerConfig, apply, state: LoopState, **model_kw):
+  """The cached forward of the query window: ``(block logits, last logit, K/V, *extra)``.
+
+  ``model_kw`` go to the model (FlashBlock's attention hook); the model's outputs past the
+  K/V are returned after it.
+  """
+  blk = config.block_size
+  committing = state.needs_commit & ~state.done & (not config.fused)
   width = 2 * blk if config.fused else blk
   ws = state.blk_start - (blk if config.fused else 0)
   win = cache_lib.gather_windows(state.tokens, ws, width)
@@ -160,8 +175,8 @@ def _forward(config: SamplerConfig, apply, state: LoopState):
   length = state.tokens.shape[1]
   mask = window_masks.loop_mask(width, length, blk, context_causal=config.context_causal,
                                 fused=config.fused, committing=committing)
-  z, kv = apply(win, pos, mask, cache=state.cache,
-                segment_ids=cache_lib.window_segments(ws, length, width), return_kv=True)
+  z, kv, *extra = apply(win, pos, mask, cache=state.cache, return_kv=True,
+                        segment_ids=cache_lib.window_segments(ws, length, width), **model_kw)
   current = z[:, width - blk:]
   if not config.token_shift:
     block = current
@@ -169,7 +184,7 @@ def _forward(config: SamplerConfig, apply, state: LoopState):
     block = z[:, blk - 1:width - 1]
   else:
     block = jnp.concatenate([state.prev_logits[:, None], current[:, :-1]], axis=1)
-  return block, current[:, -1], kv
+  return (block, current[:, -1], kv, *extra)
 
 
 def _commit(config: SamplerConfig, state: LoopState, rows: Rows, last, kv) -> LoopState:
@@ -205,7 +220,10 @@ def _block_causal_fn(params, prompts, rng, rows: Rows, config: SamplerConfig,
 
   def step(st: LoopState) -> LoopState:
     busy = ~st.done
-    logits, last, kv = _forward(config, apply, st)
+    if config.cache_mode == flashblock.MODE:
+      logits, last, kv, st = flashblock.forward(config, apply, st, _window_forward)
+    else:
+      logits, last, kv = _forward(config, apply, st)
     st = loop_lib.denoise(config, st, rows, logits)
     st = _commit(config, st, rows, last, kv)
     st = st._replace(positions=st.positions + jnp.where(busy, per_forward, 0))

@@ -144,6 +144,8 @@ class LoopState(NamedTuple):
   trace: Any               # [T, b, L] token buffers per iteration (debug), or None
   blk_len: Any = None      # [b] int32 active block length (AdaBlock), None = block_size
   blk_log: Any = None      # [b, G] int32 chosen lengths, at their block's generation offset
+  attn_ext: Any = None     # FlashBlock: per-layer (out, lse) of the block's queries over the
+                           # cache, from the block's first step (flashblock.py), or None
 
 
 def apply_fn(config: SamplerConfig, params):
