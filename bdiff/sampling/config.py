@@ -25,6 +25,8 @@ COMMIT_MODES = ("separate", "fused")
 LADDER_CACHES = ("dkv", "window_block")
 # DCD's sliding-window cache, refreshed by decoded count (dcd_cache.py).
 DCD_CACHES = ("dcd_prefix", "dcd_dual")
+# sample.sparse_attention: "sparsed" = SparseD's per-head block-sparse patterns (sparsed.py).
+SPARSE_ATTENTION = ("none", "sparsed")
 CACHE_MODES = ("auto", "exact", "none", "prefix", "dual") + LADDER_CACHES + DCD_CACHES
 BLOCK_CAUSAL_CACHES = ("exact", "none")         # exact KV cache of clean blocks, or none
 # exact recompute, Fast-dLLM v1 caches, the ladder's further rungs
@@ -70,6 +72,11 @@ _LOOP_DEFAULTS = dict(
                              # train.seq_len. Longer prompts keep their last tokens, with a warning
     prefill_chunk=256,       # prompt positions per prefill forward (rounded down to whole
                              # blocks, at least one): memory grows linearly with the prompt
+    sparse_attention="none",  # none | sparsed (SparseD, full-attention models, cache none)
+    sparsed_skip=0.2,        # SparseD: full attention for steps t <= floor(T * skip) + 1
+    sparsed_select=0.5,      # SparseD: keep floor(n_tiles * select) + 1 key tiles per query
+                             # tile (its short-context setting; long context: 0.3)
+    sparsed_tile=32,         # SparseD: pattern tile size (short context 32, long 128)
     seed=0,
     batch_size=16,
     chat=False,              # render each prompt with the tokenizer's chat template (as one
@@ -295,6 +302,45 @@ def _check_flashblock(cfg, mode: str, attention_impl: str) -> None:
                      f"return; use one of {attention_lib.LSE_IMPLS}")
 
 
+def _check_sparse_attention(cfg, full_attention: bool, mode: str, attention_impl: str) -> None:
+  """SparseD's knobs, and the loop that hosts it (full attention, no K/V cache)."""
+  kind = cfg.get("sparse_attention", "none")
+  if kind not in SPARSE_ATTENTION:
+    raise ValueError(f"sample.sparse_attention must be one of {SPARSE_ATTENTION}, got "
+                     f"{kind!r}")
+  for key in ("sparsed_skip", "sparsed_select"):
+    value = cfg.get(key, 0.5)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+      raise ValueError(f"sample.{key} must be a number in [0, 1], got {value!r}")
+  tile = cfg.get("sparsed_tile", 32)
+  if isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
+    raise ValueError(f"sample.sparsed_tile must be a positive integer, got {tile!r}")
+  if kind == "sparsed" and not full_attention:
+    raise ValueError("sample.sparse_attention='sparsed' runs in the full-attention loop: it "
+                     "needs model.attention='bidirectional'")
+  if kind == "sparsed" and attention_impl == "pallas" and tile % 8:
+    raise ValueError(f"sample.sparsed_tile={tile}: the block-sparse kernels' tiles are "
+                     "multiples of 8 (model.attention_impl='pallas')")
+  if kind == "sparsed" and mode != "none":
+    raise ValueError(f"sample.sparse_attention='sparsed' recomputes the whole canvas under its "
+                     f"pattern: it needs sample.cache='none' (or 'auto'), not {mode!r}")
+
+
+def _check_elastic(cfg, scfg, mode: str) -> None:
+  """Elastic-Cache's drift threshold and tracked tokens; it decides in a window of masks."""
+  gamma, track = cfg.get("cache_gamma", 0.9), cfg.get("cache_track", 1)
+  if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < 1e9:
+    raise ValueError(f"sample.cache_gamma must be a number >= 0 (the attention similarity "
+                     f"below which Elastic-Cache recomputes deeper layers; above 1: always), "
+                     f"got {gamma!r}")
+  if isinstance(track, bool) or not isinstance(track, int) or track < 1:
+    raise ValueError(f"sample.cache_track must be an integer >= 1, got {track!r}")
+  if mode in ELASTIC_CACHES and scfg.window < 1:
+    raise ValueError("sample.cache='elastic' decides in a sliding window of the first "
+                     "sample.window masks (Elastic-Cache's window_length, 16 in its "
+                     "scripts); set sample.window >= 1")
+
+
 def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None, *,
                            context_causal: bool = False, attention_impl: str = "xla",
                            full_attention: bool = False) -> None:
@@ -320,6 +366,7 @@ def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None
   _check_adablock(scfg, decode_block_size(cfg, block_size, full_attention), full_attention,
                   mode)
   _check_dcd_cache(cfg, scfg, mode)
+  _check_sparse_attention(cfg, full_attention, mode, attention_impl)
   _check_flashblock(cfg, mode, attention_impl)
   if token_shift is False and cfg.first_token_from_commit:
     raise ValueError("sample.first_token_from_commit is only meaningful for token-shifted "

@@ -39,6 +39,10 @@ proposal (``strategies.adablock_block_length``), within ``[1, block_size]``: ``b
 then the longest block (the static window) and the active block ends at ``blk_start +
 blk_len``. The ``dual`` cache takes the keys past that end from the cache.
 
+SparseD (``sample.sparse_attention="sparsed"``, with ``cache="none"``: Wang et al., arXiv
+2509.24014, INV-WZQ/SparseD) attends fully for the first steps, then through per-layer,
+per-head block-sparse patterns fixed once: ``bdiff.sampling.sparsed``.
+
 Token-shifted models (Dream: the logits at ``i - 1`` predict ``i``): a cached forward also
 queries the position just before the block, so every block position gets a fresh prediction.
 (Fast-dLLM's Dream code instead commits the block's first token from the block-start forward.)
@@ -59,6 +63,7 @@ from bdiff.sampling import approx_cache
 from bdiff.sampling import cache as cache_lib
 from bdiff.sampling import dcd_cache
 from bdiff.sampling import loop as loop_lib
+from bdiff.sampling import sparsed
 from bdiff.sampling import strategies as strategies_lib
 from bdiff.sampling.loop import LoopState, Rows, SamplerConfig
 
@@ -81,6 +86,8 @@ def _init(config: SamplerConfig, prompts, rows: Rows, trace: bool) -> LoopState:
     cache = dcd_cache.init_cache(config, bsz, length)
   if config.cache_mode in approx_cache.MODES:
     cache = approx_cache.init_cache(config, bsz, length)
+  if config.sparse_attention == "sparsed":  # SparseD's pattern rides in the cache slot
+    cache = sparsed.init_state(config, bsz, length)
   state = LoopState(
       tokens=jnp.where(pos < rows.lengths[:, None], padded, config.mask_id),
       blk_start=rows.lengths, step_in_blk=zeros, needs_commit=jnp.zeros((bsz,), bool),
@@ -154,6 +161,8 @@ def _refreshing(config: SamplerConfig, state: LoopState) -> jax.Array:
 
 def _forward(config: SamplerConfig, apply, state: LoopState, rows: Rows):
   """One step's forward(s): ``(block logits [b, B, V], cache, positions computed [b])``."""
+  if config.sparse_attention == "sparsed":  # SparseD: full, then per-head sparse attention
+    return sparsed.forward(config, apply, state, rows, _full_forward)
   if config.cache_mode == "none":
     return _full_forward(config, apply, state, rows)[0], None, rows.limit
   if config.cache_mode in dcd_cache.MODES:  # DCD's sliding-window cache
@@ -215,4 +224,7 @@ def generate_fn(params, prompts, rows: Rows, *, config: SamplerConfig,
     return _advance(config, st, rows)
 
   state = loop_lib.run_loop(config, state, state.tokens.shape[1], step)
-  return loop_lib.outputs(config, state, rows, 0)
+  out = loop_lib.outputs(config, state, rows, 0)
+  if config.sparse_attention == "sparsed":
+    out["attention_density"] = sparsed.density(config, state.cache, rows)
+  return out

@@ -317,5 +317,7 @@ def make_sharded_generate(config: SamplerConfig, mesh, param_shardings=None):
   params_sh = rep if param_shardings is None else param_shardings
   out = dict(tokens=rows, num_tokens=rows, nfe_denoise=rows, nfe_commit=rows, nfe_prefill=rep,
              tokens_per_forward=rows, positions_computed=rows, done=rows, iterations=rep)
+  if config.full_attention and config.sparse_attention == "sparsed":
+    out["attention_density"] = rows  # SparseD's kept share of tiles, per row
   fn = lambda p, x, r, n, u: generate_fn(p, x, r, n, u, config=config)  # noqa: E731
   return jax.jit(fn, in_shardings=(params_sh, rows, rep, rows, rows), out_shardings=out)

@@ -56,6 +56,10 @@ class SamplerConfig:
   stop_ids: tuple[int, ...] = ()
   context_causal: bool = False        # the model's clean stream is token-causal (NBDiff-style)
   prefill_chunk: int = 256            # prompt positions per prefill forward (whole blocks)
+  sparse_attention: str = "none"      # config.SPARSE_ATTENTION ("sparsed": sparsed.py)
+  sparsed_skip: float = 0.2           # SparseD: dense steps t <= floor(T * skip) + 1
+  sparsed_select: float = 0.5         # SparseD: keep floor(n_tiles * select) + 1 key tiles
+  sparsed_tile: int = 32              # SparseD: tile size of the pattern
 
   @property
   def mask_id(self) -> int:
@@ -99,7 +103,11 @@ class SamplerConfig:
                full_attention=full, commit=s.commit,
                token_shift=d.token_shift, first_token_from_commit=s.first_token_from_commit,
                stop_ids=stop, context_causal=d.context_causal,
-               prefill_chunk=config_lib.prefill_chunk(s, block))
+               prefill_chunk=config_lib.prefill_chunk(s, block),
+               sparse_attention=s.get("sparse_attention", "none"),
+               sparsed_skip=float(s.get("sparsed_skip", 0.2)),
+               sparsed_select=float(s.get("sparsed_select", 0.5)),
+               sparsed_tile=s.get("sparsed_tile", 32))
 
   def max_iterations(self, length: int) -> int:
     """Loop bound: per block at most ``max(B, steps)`` denoising steps (plus one commit pass
