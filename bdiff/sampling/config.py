@@ -32,6 +32,11 @@ BLOCK_CAUSAL_CACHES = ("exact", "none")         # exact KV cache of clean blocks
 # exact recompute, Fast-dLLM v1 caches, the ladder's further rungs
 FULL_ATTENTION_CACHES = ("none", "prefix", "dual") + LADDER_CACHES + DCD_CACHES
 APPROXIMATE_CACHES = ("prefix", "dual") + LADDER_CACHES + DCD_CACHES
+# Elastic-Cache: per-layer caches refreshed where attention drifts (elastic_cache.py).
+ELASTIC_CACHES = ("elastic",)
+CACHE_MODES += ELASTIC_CACHES
+FULL_ATTENTION_CACHES += ELASTIC_CACHES
+APPROXIMATE_CACHES += ELASTIC_CACHES
 # FlashBlock: block-external attention cached at a block's first step, on top of the exact
 # KV cache of block-causal models (flashblock.py).
 FLASHBLOCK_CACHE = "flashblock"
@@ -59,6 +64,10 @@ _LOOP_DEFAULTS = dict(
                              # dkv: its cache_reloading_step; window_block: its refresh_cycle)
     cache_delay=0,           # dcd_prefix/dcd_dual: recompute w positions left of the window
                              # once more (DCD's prefix-delay{w} / dual-delay{w}; its scripts: 2)
+    cache_gamma=0.9,         # elastic: attention similarity below which the layers after the
+                             # tested one are recomputed everywhere (Elastic-Cache's gamma)
+    cache_track=1,           # elastic: tokens tracked per layer for that test (its track_num);
+                             # its window_length is sample.window (masks decided per step)
     use_cache=True,          # False = cache "none" (the older spelling of the same switch)
     commit="separate",       # separate: one clean re-forward per block; fused: folded into the
                              # next block's first forward (query width 2 * block_size)
@@ -287,6 +296,21 @@ def _check_dcd_cache(cfg, scfg, mode: str) -> None:
                      "set it >= 1")
 
 
+def _check_elastic(cfg, scfg, mode: str) -> None:
+  """Elastic-Cache's drift threshold and tracked tokens; it decides in a window of masks."""
+  gamma, track = cfg.get("cache_gamma", 0.9), cfg.get("cache_track", 1)
+  if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < 1e9:
+    raise ValueError(f"sample.cache_gamma must be a number >= 0 (the attention similarity "
+                     f"below which Elastic-Cache recomputes deeper layers; above 1: always), "
+                     f"got {gamma!r}")
+  if isinstance(track, bool) or not isinstance(track, int) or track < 1:
+    raise ValueError(f"sample.cache_track must be an integer >= 1, got {track!r}")
+  if mode in ELASTIC_CACHES and scfg.window < 1:
+    raise ValueError("sample.cache='elastic' decides in a sliding window of the first "
+                     "sample.window masks (Elastic-Cache's window_length, 16 in its "
+                     "scripts); set sample.window >= 1")
+
+
 def _check_flashblock(cfg, mode: str, attention_impl: str) -> None:
   """FlashBlock caches the attention of a block's queries over the cache, so it needs the
   separate commit pass (the fused window re-queries the previous block) and an attention
@@ -368,6 +392,7 @@ def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None
   _check_dcd_cache(cfg, scfg, mode)
   _check_sparse_attention(cfg, full_attention, mode, attention_impl)
   _check_flashblock(cfg, mode, attention_impl)
+  _check_elastic(cfg, scfg, mode)
   if token_shift is False and cfg.first_token_from_commit:
     raise ValueError("sample.first_token_from_commit is only meaningful for token-shifted "
                      "models (diffusion.token_shift=True)")

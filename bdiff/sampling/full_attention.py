@@ -27,6 +27,8 @@ max_new_tokens`` (padding of a shorter prompt, the shape's tail) are invisible t
   with a cache refreshed by decoded count: ``bdiff.sampling.dcd_cache``.
 * ``dkv`` (dKV-Cache, delayed caching) and ``window_block`` (Window-Diffusion's
   active/buffer/far-field partition on the semi-AR block): ``bdiff.sampling.approx_cache``.
+* ``elastic`` (Elastic-Cache: per-layer caches, an attention-drift test per layer and a
+  depth-aware refresh, deciding in a sliding window of masks): ``bdiff.sampling.elastic_cache``.
 
 ``sample.cache_refresh = k > 0`` also repeats the full forward every ``k`` steps inside a block
 (the reference refreshes only at block starts, ``k = 0``; ``k = 1`` recomputes every step and
@@ -62,6 +64,7 @@ from bdiff import masks as masks_lib
 from bdiff.sampling import approx_cache
 from bdiff.sampling import cache as cache_lib
 from bdiff.sampling import dcd_cache
+from bdiff.sampling import elastic_cache
 from bdiff.sampling import loop as loop_lib
 from bdiff.sampling import sparsed
 from bdiff.sampling import strategies as strategies_lib
@@ -88,6 +91,8 @@ def _init(config: SamplerConfig, prompts, rows: Rows, trace: bool) -> LoopState:
     cache = approx_cache.init_cache(config, bsz, length)
   if config.sparse_attention == "sparsed":  # SparseD's pattern rides in the cache slot
     cache = sparsed.init_state(config, bsz, length)
+  if config.cache_mode in elastic_cache.MODES:
+    cache = elastic_cache.init_cache(config, bsz, length)
   state = LoopState(
       tokens=jnp.where(pos < rows.lengths[:, None], padded, config.mask_id),
       blk_start=rows.lengths, step_in_blk=zeros, needs_commit=jnp.zeros((bsz,), bool),
@@ -217,7 +222,10 @@ def generate_fn(params, prompts, rows: Rows, *, config: SamplerConfig,
 
   def step(st: LoopState) -> LoopState:
     busy = ~st.done
-    logits, cache, positions = _forward(config, apply, st, rows)
+    if config.cache_mode in elastic_cache.MODES:  # runs layer by layer: needs the params
+      logits, cache, positions = elastic_cache.forward(config, params, st, rows)
+    else:
+      logits, cache, positions = _forward(config, apply, st, rows)
     st = _choose_block(config, st._replace(cache=cache), rows, logits)
     st = loop_lib.denoise(config, st, rows, logits)
     st = st._replace(positions=st.positions + jnp.where(busy, positions, 0))

@@ -49,6 +49,8 @@ class SamplerConfig:
   cache: str = "auto"                 # config.CACHE_MODES
   cache_refresh: int = 0              # prefix/dual: also refresh every k steps in a block
   cache_delay: int = 0                # dcd_prefix/dcd_dual: DCD's delay w
+  cache_gamma: float = 0.9            # elastic: refresh deeper layers below this similarity
+  cache_track: int = 1                # elastic: tracked tokens per layer
   full_attention: bool = False        # model.attention == "bidirectional"
   commit: str = "separate"            # config.COMMIT_MODES
   token_shift: bool = False
@@ -100,6 +102,7 @@ class SamplerConfig:
                strategy=config_lib.strategy_config(s, block), block_size=block,
                max_new_tokens=s.max_new_tokens, use_cache=s.use_cache, cache=s.cache,
                cache_refresh=s.cache_refresh, cache_delay=s.cache_delay,
+               cache_gamma=float(s.cache_gamma), cache_track=s.cache_track,
                full_attention=full, commit=s.commit,
                token_shift=d.token_shift, first_token_from_commit=s.first_token_from_commit,
                stop_ids=stop, context_causal=d.context_causal,
