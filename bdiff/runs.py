@@ -235,7 +235,7 @@ class Sampler:
     ``num_tokens``, ``num_forwards`` (denoising + commit), ``nfe_denoise``, ``nfe_commit``,
     ``tokens_per_forward``, ``positions_computed``, ``cache`` (the ``sample.cache`` mode, so an
     approximate cache is never silent) and ``seconds`` (wall time of the batch the prompt was
-    decoded in).
+    decoded in); under SparseD also ``sparse_attention`` and ``attention_density``.
     """
     batch_size = batch_size or self.cfg.sample.batch_size
     pairs = [self._encode(t) for t in texts]
@@ -259,11 +259,15 @@ class Sampler:
     n = int(out["num_tokens"][i])
     tokens = [int(t) for t in out["tokens"][i, :n]]
     denoise, commit = int(out["nfe_denoise"][i]), int(out["nfe_commit"][i])
-    return dict(prompt=prompt, tokens=tokens, text=self.decode(tokens), num_tokens=n,
-                num_forwards=denoise + commit, nfe_denoise=denoise, nfe_commit=commit,
-                tokens_per_forward=float(out["tokens_per_forward"][i]),
-                positions_computed=int(out["positions_computed"][i]),
-                cache=self.config.cache_mode, seconds=seconds)
+    record = dict(prompt=prompt, tokens=tokens, text=self.decode(tokens), num_tokens=n,
+                  num_forwards=denoise + commit, nfe_denoise=denoise, nfe_commit=commit,
+                  tokens_per_forward=float(out["tokens_per_forward"][i]),
+                  positions_computed=int(out["positions_computed"][i]),
+                  cache=self.config.cache_mode, seconds=seconds)
+    if "attention_density" in out:  # SparseD: approximate attention, never silent either
+      record.update(sparse_attention=self.config.sparse_attention,
+                    attention_density=float(out["attention_density"][i]))
+    return record
 
 
 def _chat_prompt(item, where: str) -> list[dict]:

@@ -16,6 +16,7 @@ from sampling_common import full_attention_params, random_prompts, tiny_config
 
 from bdiff import attention as attention_lib
 from bdiff import masks
+from bdiff import runs
 from bdiff.models import layers
 from bdiff.sampling import generate as gen
 from bdiff.sampling import sparsed
@@ -185,3 +186,16 @@ def test_pallas_tiles_are_checked():
   cfg.sample.update(**{**SPARSE, "sparsed_tile": 12})
   with pytest.raises(ValueError, match="sample.sparsed_tile=12.*multiples of 8"):
     validate_run_sample_config(cfg)
+
+
+def test_sample_records_name_sparsed():
+  """``bdiff sample`` records say SparseD ran and at what density (approximate, not silent)."""
+  fake = types.SimpleNamespace(config=sampler(**SPARSE), decode=lambda ids: "x" * len(ids))
+  out = dict(num_tokens=np.array([2]), tokens=np.array([[5, 6, -1]]), nfe_denoise=np.array([3]),
+             nfe_commit=np.array([0]), tokens_per_forward=np.array([0.5]),
+             positions_computed=np.array([30]), attention_density=np.array([0.25]))
+  record = runs.Sampler._record(fake, "p", out, 0, 1.0)
+  assert record["cache"] == "none" and record["sparse_attention"] == "sparsed"
+  assert record["attention_density"] == 0.25
+  del out["attention_density"]
+  assert "attention_density" not in runs.Sampler._record(fake, "p", out, 0, 1.0)
