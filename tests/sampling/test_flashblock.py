@@ -51,22 +51,28 @@ def as_np(out):
 
 
 def _qkv(seed, b=2, lq=4, lk=10, h=4, hkv=2, d=8):
-  ks = jax.random.split(jax.random.key(seed), 3)
-  return (2 * jax.random.normal(ks[0], (b, lq, h, d)),
-          2 * jax.random.normal(ks[1], (b, lk, hkv, d)), jax.random.normal(ks[2], (b, lk, hkv, d)))
+  """fp32 q, k, v (numpy draws: eager jax.random costs a compile per call)."""
+  rng = np.random.default_rng(seed)
+  draw = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+  return 2 * draw(b, lq, h, d), 2 * draw(b, lk, hkv, d), draw(b, lk, hkv, d)
 
 
 def test_merge_of_disjoint_parts_equals_attention_over_their_union():
   """Three disjoint key sets (GQA, a runtime mask with a row empty in one part and a row empty
   in all of them): merged (O, LSE) = one attention over the union; empty rows 0 and -inf."""
   q, k, v = _qkv(0)
-  allowed = jax.random.bernoulli(jax.random.key(1), 0.6, (2, 4, 10))
-  allowed = allowed.at[0, 1, :4].set(False).at[1, 2].set(False)
-  ref, ref_lse = attention.xla_attention(q, k, v, allowed, return_lse=True)
-  cuts = ((0, 4), (4, 7), (7, 10))
-  parts = [attention.attend_with_lse(q, k[:, a:b], v[:, a:b], allowed[..., a:b])
-           for a, b in cuts]
-  out, lse = attention.merge_attention(*parts)
+  allowed = np.random.default_rng(1).random((2, 4, 10)) < 0.6
+  allowed[0, 1, :4] = False
+  allowed[1, 2] = False
+
+  @jax.jit
+  def both(q, k, v, allowed):
+    parts = [attention.attend_with_lse(q, k[:, a:b], v[:, a:b], allowed[..., a:b])
+             for a, b in ((0, 4), (4, 7), (7, 10))]
+    return attention.xla_attention(q, k, v, allowed, return_lse=True), \
+        attention.merge_attention(*parts)
+
+  (ref, ref_lse), (out, lse) = both(q, k, v, allowed)
   np.testing.assert_allclose(out, ref, atol=1e-6)
   np.testing.assert_allclose(lse, ref_lse, atol=1e-5)
   assert np.isneginf(lse[1, :, 2]).all() and (out[1, 2] == 0).all()
@@ -81,14 +87,19 @@ def test_split_at_the_cache_equals_one_attention(impl, backend):
   mask = masks.cache_window(4, 6, 2)
   kv_seg = jnp.array([[1, 1, 1, 0, 0, 0] + [1] * 4, [0] * 6 + [1] * 4], jnp.int32)
   seg = (jnp.ones((2, 4), jnp.int32), kv_seg)
-  ref = attention.xla_attention(q, k, v, mask, segment_ids=seg)
   window, cache = (k[:, 6:], v[:, 6:]), (k[:, :6], v[:, :6])
   kw = dict(impl=impl, segment_ids=seg, backend=backend)
-  out, ext = attention.attend_split(q, window, cache, mask, **kw)
+
+  @jax.jit
+  def run():
+    out, ext = attention.attend_split(q, window, cache, mask, **kw)
+    again, _ = attention.attend_split(q, window, cache, mask, ext=ext, **kw)
+    return attention.xla_attention(q, k, v, mask, segment_ids=seg), out, ext, again
+
+  ref, out, ext, again = run()
   np.testing.assert_allclose(out, ref, atol=1e-6)
-  assert np.isneginf(ext[1][1]).all()  # row 1 has no valid cache key: an empty part
-  again, _ = attention.attend_split(q, window, cache, mask, ext=ext, **kw)
   np.testing.assert_allclose(again, ref, atol=1e-6)
+  assert np.isneginf(ext[1][1]).all()  # row 1 has no valid cache key: an empty part
 
 
 def test_lse_needs_a_backend_that_returns_it():
@@ -117,19 +128,24 @@ def test_model_hook_returns_and_reuses_the_cache_part(params):
   forward's logits (fp32 rounding); the hook refuses a call without a cache."""
   model = make_model(make_cfg().model)
   apply = lambda *a, **kw: model.apply({"params": params}, *a, **kw)  # noqa: E731
-  ctx = jax.random.randint(jax.random.key(4), (2, 8), 0, V)
-  _, kv = apply(ctx, jnp.broadcast_to(jnp.arange(8), (2, 8)), masks.block_causal(8, 8, 4),
-                return_kv=True)
+  ctx = np.random.default_rng(4).integers(0, V, (2, 8), dtype=np.int32)
+  _, kv = jax.jit(lambda x: apply(x, jnp.broadcast_to(jnp.arange(8), (2, 8)),
+                                  masks.block_causal(8, 8, 4), return_kv=True))(ctx)
   win = jnp.array([[V, 3, V, V], [V, V, 5, V]])
   pos = jnp.broadcast_to(8 + jnp.arange(4), (2, 4))
   seg = (jnp.ones((2, 4), jnp.int32), jnp.array([[1] * 12, [1] * 4 + [0] * 4 + [1] * 4]))
   call = lambda **kw: apply(win, pos, masks.cache_window(4, 8, 4), cache=kv,  # noqa: E731
                             segment_ids=seg, **kw)
-  ref = call()
-  split, ext = call(return_attn_ext=True)
+
+  @jax.jit
+  def three():
+    split, ext = call(return_attn_ext=True)
+    return call(), split, ext, call(attn_ext=ext)
+
+  ref, split, ext, reused = three()
   assert ext[0].shape == (2, 2, 4, 2, 16) and ext[1].dtype == jnp.float32
   np.testing.assert_allclose(split, ref, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(call(attn_ext=ext), ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(reused, ref, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="cache"):
     apply(win, pos, masks.full(4, 4), return_attn_ext=True)
 
@@ -164,16 +180,20 @@ def test_drift_is_reported_and_work_is_the_exact_loops(drift, prompts, params):
 
 
 def test_rows_do_not_depend_on_the_batch(params, prompts, drift):
-  """Ragged rows decode the same in shuffled pairs as in the batch of four (each row refreshes
-  at its own iterations; its logits come from its own branch)."""
+  """Ragged rows decode the same in another order beside other rows (new prompts, lengths and
+  ids) as in the original batch: each row refreshes at its own iterations and its logits come
+  from its own branch. Same batch shape, so no new compile."""
   config = sampler()
   full = drift["out"]
   assert len(set(full["nfe_denoise"].tolist())) > 1  # rows follow different schedules
+  others = random_prompts(V, WIDTH, rows=2)[:, ::-1]
   for group in (np.array([2, 0]), np.array([3, 1])):
-    out = as_np(gen.generate(params, prompts[group], jax.random.key(3), config,
-                             LENGTHS[group], IDS[group]))
+    x = np.concatenate([prompts[group], others])
+    lengths = np.concatenate([LENGTHS[group], [2, 6]]).astype(np.int32)
+    ids = np.concatenate([IDS[group], [21, 22]]).astype(np.int32)
+    out = as_np(gen.generate(params, x, jax.random.key(3), config, lengths, ids))
     for key in ("tokens", "nfe_denoise", "nfe_commit"):
-      np.testing.assert_array_equal(out[key], full[key][group], err_msg=f"{key} {group}")
+      np.testing.assert_array_equal(out[key][:2], full[key][group], err_msg=f"{key} {group}")
 
 
 @pytest.mark.parametrize("model, sample, key", [
