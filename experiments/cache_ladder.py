@@ -6,11 +6,11 @@
       --out docs/cache_ladder.md
 
 For each ``sample.cache`` mode of a full-attention model (``none``, the exact full recompute;
-Fast-dLLM v1's ``prefix`` / ``dual``, arXiv 2505.22618; dKV-Cache's ``dkv``, arXiv 2505.15781;
-``window_block`` after Window-Diffusion, arXiv 2601.20332) it decodes the same task prompts with
-LLaDA-style semi-AR blocks (``--block``), greedily, one token per step (LLaDA's low-confidence
-remasking, arXiv 2502.09992; the regime with the most cached steps) or with Fast-dLLM's
-threshold rule (``--threshold``), and reports
+Fast-dLLM v1's ``prefix`` / ``dual``, arXiv 2505.22618; dKV-Cache's ``dkv`` and
+``dkv_greedy``, arXiv 2505.15781; ``window_block`` and ``window`` after Window-Diffusion, arXiv
+2601.20332) it decodes the same task prompts with LLaDA-style semi-AR blocks (``--block``),
+greedily, one token per step (LLaDA's low-confidence remasking, arXiv 2502.09992; the regime
+with the most cached steps) or with Fast-dLLM's threshold rule (``--threshold``), and reports
 
 * tokens/s at batch 1 and batch 32: every mode's compiled sampler is timed in the same rounds
   (round r runs each mode once, so load changes on a shared machine hit all modes alike);
@@ -19,6 +19,9 @@ threshold rule (``--threshold``), and reports
 * forwards and positions recomputed per row (``positions_computed``);
 * drift: the fraction of generated tokens that differ from ``none``'s under the same prompts
   and keys (``bdiff.sampling.drift.token_drift``), over all ``--num_examples`` prompts;
+  ``dkv_greedy`` needs LLaDA's random remasking (it knows each step's positions before the
+  forward), so it decodes one token per step in random order whatever the rule, and its drift
+  is against ``none`` decoded the same way (its accuracy is that of a random order);
 * accuracy on those prompts (the run's ``eval.tasks``, scored as ``bdiff eval`` scores).
 
 The run must have been trained with one block over its sequence (an MDLM:
@@ -46,16 +49,18 @@ from bdiff.eval.tasks import format_table
 from bdiff.sampling import drift as drift_lib
 from bdiff.sampling import generate as gen
 
-MODES = ("none", "prefix", "dual", "dkv", "window_block")
+MODES = ("none", "prefix", "dual", "dkv", "window_block", "window", "dkv_greedy")
+RANDOM_ORDER_MODES = ("dkv_greedy",)  # decoded under random remasking (see the docstring)
 COLUMNS = (("cache", "{}"), ("batch", "{}"), ("tok/s", "{:.1f}"), ("± sd", "{:.1f}"),
            ("× none", "{:.2f}"), ("forwards/row", "{:.2f}"), ("positions/row", "{:.1f}"),
            ("drift", "{:.3f}"), ("accuracy", "{:.1f}"))
 
 
-def ladder_config(cfg, mode: str, block: int, threshold: float):
+def ladder_config(cfg, mode: str, block: int, threshold: float, rule_of: str = ""):
   """The run's config decoding full attention in ``block``-long semi-AR blocks with ``mode``:
   Fast-dLLM's threshold rule, or (``threshold=0``) LLaDA's low-confidence remasking at one
-  token per step."""
+  token per step; random remasking for the modes that need it (and, ``rule_of``, for the
+  ``none`` reference of one of them)."""
   if cfg.diffusion.block_size < cfg.train.seq_len:
     raise ValueError(f"--workdir: diffusion.block_size={cfg.diffusion.block_size} < "
                      f"train.seq_len={cfg.train.seq_len}: not a one-block (MDLM) run, so it "
@@ -64,6 +69,8 @@ def ladder_config(cfg, mode: str, block: int, threshold: float):
   cfg.model.attention = "bidirectional"
   rule = (dict(strategy="threshold", threshold=threshold) if threshold
           else dict(strategy="static", steps=block, confidence="prob"))
+  if (rule_of or mode) in RANDOM_ORDER_MODES:
+    rule = dict(strategy="static", steps=block, confidence="random")
   cfg.sample.update(block_size=block, temperature=0.0, cache=mode, cache_refresh=0,
                     commit="separate", **rule)  # fused commit: a block-causal setting
   return cfg
@@ -136,6 +143,9 @@ def run(cfg, params, tokenizer, args) -> list[dict]:
   modes = args.modes
   samplers = {m: runs.Sampler(ladder_config(cfg, m, args.block, args.threshold), params,
                               tokenizer, use_mesh=False) for m in modes}
+  references = {m: runs.Sampler(ladder_config(cfg, "none", args.block, args.threshold, m),
+                                params, tokenizer, use_mesh=False)
+                for m in modes if m in RANDOM_ORDER_MODES}
   prompts, lengths = prompt_batch(samplers["none"], pairs)
   rows, decoded = [], {}
   for batch in sorted(args.batches, reverse=True):  # the largest decodes every example
@@ -143,13 +153,16 @@ def run(cfg, params, tokenizer, args) -> list[dict]:
     if not decoded:
       decoded = {m: decode(s, calls[m], pairs, prompts, lengths, batch)
                  for m, s in samplers.items()}
+      ref = {m: decode(s, compile_sampler(s, prompts, batch), pairs, prompts, lengths, batch)
+             for m, s in references.items()}
     rate = time_side_by_side(samplers, calls, prompts, lengths, batch, args.repeats)
     for m in modes:
       d = decoded[m]
       rows.append({"cache": m, "batch": batch, "tok/s": rate[m].mean, "± sd": rate[m].sd,
                    "× none": rate[m].mean / rate["none"].mean, "forwards/row": d["forwards"],
                    "positions/row": d["positions"], "accuracy": d["accuracy"],
-                   "drift": drift_lib.token_drift(d["tokens"], decoded["none"]["tokens"])})
+                   "drift": drift_lib.token_drift(
+                       d["tokens"], ref.get(m, decoded["none"])["tokens"])})
       print(format_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
   return sorted(rows, key=lambda r: (r["batch"], modes.index(r["cache"])))
 
@@ -178,7 +191,8 @@ def markdown(rows: list[dict], cfg, args, command: str) -> str:
       f"max_new_tokens={cfg.sample.max_new_tokens}, cache_refresh=0 (each method's "
       f"block-start refresh only). Forwards, positions, drift and accuracy are over the same "
       f"{args.num_examples} prompts of {cfg.eval.tasks} (deterministic); drift = fraction of "
-      "generated tokens that differ from `none`'s.",
+      "generated tokens that differ from `none`'s (dkv_greedy: decoded under random "
+      "remasking, one token per step, its drift against `none` decoded the same way).",
       "",
       format_table(rows, COLUMNS),
       ""])

@@ -103,16 +103,23 @@ def _bits_after_refresh(config: SamplerConfig, state: LoopState, rows: Rows) -> 
   return bits
 
 
+def write_kv(kv, new_kv, pos: jax.Array):
+  """Per-row ``k/v[:, r, pos[r, j]] = new_kv[:, r, j]`` (a scatter; a ``pos`` past the cache's
+  end is dropped, which is how callers skip a slot)."""
+  rows = jnp.arange(pos.shape[0], dtype=jnp.int32)[:, None]
+  return tuple(c.at[:, rows, pos].set(n.astype(c.dtype), mode="drop")
+               for c, n in zip(kv, new_kv))
+
+
 def _write_positions(cache, new_kv, start: jax.Array, write: jax.Array):
   """Per-row ``k/v[:, r, start[r] + j] = new_kv[:, r, j]`` and the bit set where
-  ``write[r, j]`` (a scatter; unwritten slots aim past the end and are dropped)."""
+  ``write[r, j]``."""
   k, v, bits = cache
   b, w = write.shape
   pos = jnp.where(write, start[:, None] + jnp.arange(w, dtype=jnp.int32)[None, :],
                   bits.shape[1])
   rows = jnp.arange(b, dtype=jnp.int32)[:, None]
-  k, v = (c.at[:, rows, pos].set(n.astype(c.dtype), mode="drop")
-          for c, n in zip((k, v), new_kv))
+  k, v = write_kv((k, v), new_kv, pos)
   return k, v, bits.at[rows, pos].set(True, mode="drop")
 
 

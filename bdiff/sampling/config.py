@@ -43,6 +43,12 @@ FLASHBLOCK_CACHE = "flashblock"
 CACHE_MODES += (FLASHBLOCK_CACHE,)
 BLOCK_CAUSAL_CACHES += (FLASHBLOCK_CACHE,)
 APPROXIMATE_CACHES += (FLASHBLOCK_CACHE,)
+# Window-Diffusion's sliding active set and dKV-Cache Greedy: cached steps query a per-step
+# set of positions (query_cache.py).
+QUERY_SET_CACHES = ("window", "dkv_greedy")
+CACHE_MODES += QUERY_SET_CACHES
+FULL_ATTENTION_CACHES += QUERY_SET_CACHES
+APPROXIMATE_CACHES += QUERY_SET_CACHES
 PROMPT_PREFIXES = ("auto", "none", "bos", "eos")
 STRICT_CHOICES = ("auto", "true", "false")
 # Strategies the block-causal loop cannot host: AdaBlock chooses each block's length at
@@ -56,12 +62,18 @@ _LOOP_DEFAULTS = dict(
                              # diffusion.block_size (the only legal value). Full-attention
                              # models (model.attention="bidirectional"): any length (LLaDA's
                              # semi-AR blocks); 0 = one block, the whole generation
-    cache="auto",            # auto | exact | none | prefix | dual | dkv | window_block
-                             # (CACHE_MODES): auto = exact for block-causal models, none for
-                             # full-attention ones
+    cache="auto",            # auto | exact | none | prefix | dual | dkv | window_block |
+                             # flashblock | window | dkv_greedy (CACHE_MODES): auto = exact
+                             # for block-causal models, none for full-attention ones
     cache_refresh=0,         # approximate caches: also recompute the cache every k steps inside
                              # a block (0 = only at block starts, Fast-dLLM v1; 1 = every step;
                              # dkv: its cache_reloading_step; window_block: its refresh_cycle)
+    window_tokens=64,        # window: keys of a phase = decoded tokens + the first this many
+                             # masks (Window-Diffusion's window_tokens; its LLaDA README: 64)
+    active_tokens=16,        # window: queries = the first this many masks (+ tokens decoded in
+                             # the phase; Window-Diffusion's active_tokens, LLaDA README: 16)
+    dkv_window_size=4,       # dkv_greedy: still-masked neighbours queried per position to
+                             # decode (dKV-Cache Greedy's window_size; its example: 4)
     cache_delay=0,           # dcd_prefix/dcd_dual: recompute w positions left of the window
                              # once more (DCD's prefix-delay{w} / dual-delay{w}; its scripts: 2)
     cache_gamma=0.9,         # elastic: attention similarity below which the layers after the
@@ -365,6 +377,25 @@ def _check_elastic(cfg, scfg, mode: str) -> None:
                      "scripts); set sample.window >= 1")
 
 
+def _check_query_cache(cfg, scfg, mode: str) -> None:
+  """Window-Diffusion's window sizes; dKV-Cache Greedy needs LLaDA's random remasking."""
+  for key, low in (("window_tokens", 1), ("active_tokens", 1), ("dkv_window_size", 0)):
+    value = cfg.get(key, low)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ValueError(f"sample.{key} must be an integer >= {low}, got {value!r}")
+  if mode != "dkv_greedy":
+    return
+  if scfg.name != "static" or scfg.confidence != "random":
+    raise ValueError(f"sample.cache='dkv_greedy' knows each step's positions before its "
+                     "forward, which needs LLaDA's random remasking: sample.strategy='static' "
+                     f"with sample.confidence='random', not sample.strategy={scfg.name!r} "
+                     f"with sample.confidence={scfg.confidence!r}")
+  if scfg.suppress_ids:
+    raise ValueError("sample.suppress_ids makes a step's positions depend on its proposals, "
+                     "which sample.cache='dkv_greedy' must know before the forward; leave it "
+                     "empty")
+
+
 def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None, *,
                            context_causal: bool = False, attention_impl: str = "xla",
                            full_attention: bool = False) -> None:
@@ -390,6 +421,7 @@ def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None
   _check_adablock(scfg, decode_block_size(cfg, block_size, full_attention), full_attention,
                   mode)
   _check_dcd_cache(cfg, scfg, mode)
+  _check_query_cache(cfg, scfg, mode)
   _check_sparse_attention(cfg, full_attention, mode, attention_impl)
   _check_flashblock(cfg, mode, attention_impl)
   _check_elastic(cfg, scfg, mode)

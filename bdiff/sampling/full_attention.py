@@ -27,6 +27,8 @@ max_new_tokens`` (padding of a shorter prompt, the shape's tail) are invisible t
   with a cache refreshed by decoded count: ``bdiff.sampling.dcd_cache``.
 * ``dkv`` (dKV-Cache, delayed caching) and ``window_block`` (Window-Diffusion's
   active/buffer/far-field partition on the semi-AR block): ``bdiff.sampling.approx_cache``.
+* ``window`` (Window-Diffusion with its sliding active set) and ``dkv_greedy`` (dKV-Cache
+  Greedy): cached steps query a per-step set of positions, ``bdiff.sampling.query_cache``.
 * ``elastic`` (Elastic-Cache: per-layer caches, an attention-drift test per layer and a
   depth-aware refresh, deciding in a sliding window of masks): ``bdiff.sampling.elastic_cache``.
 
@@ -66,6 +68,7 @@ from bdiff.sampling import cache as cache_lib
 from bdiff.sampling import dcd_cache
 from bdiff.sampling import elastic_cache
 from bdiff.sampling import loop as loop_lib
+from bdiff.sampling import query_cache
 from bdiff.sampling import sparsed
 from bdiff.sampling import strategies as strategies_lib
 from bdiff.sampling.loop import LoopState, Rows, SamplerConfig
@@ -89,6 +92,8 @@ def _init(config: SamplerConfig, prompts, rows: Rows, trace: bool) -> LoopState:
     cache = dcd_cache.init_cache(config, bsz, length)
   if config.cache_mode in approx_cache.MODES:
     cache = approx_cache.init_cache(config, bsz, length)
+  if config.cache_mode in query_cache.MODES:
+    cache = query_cache.init_cache(config, bsz, length)
   if config.sparse_attention == "sparsed":  # SparseD's pattern rides in the cache slot
     cache = sparsed.init_state(config, bsz, length)
   if config.cache_mode in elastic_cache.MODES:
@@ -174,6 +179,8 @@ def _forward(config: SamplerConfig, apply, state: LoopState, rows: Rows):
     return dcd_cache.forward(config, apply, state, rows, _full_forward)
   if config.cache_mode in approx_cache.MODES:  # dKV-Cache, Window-Diffusion
     return approx_cache.forward(config, apply, state, rows, _full_forward)
+  if config.cache_mode in query_cache.MODES:  # Window-Diffusion (sliding), dKV-Cache Greedy
+    return query_cache.forward(config, apply, state, rows, _full_forward)
   refresh = _refreshing(config, state)
 
   def full(cache):
@@ -222,12 +229,13 @@ def generate_fn(params, prompts, rows: Rows, *, config: SamplerConfig,
 
   def step(st: LoopState) -> LoopState:
     busy = ~st.done
+    allowed = query_cache.allowed(config, st, rows)  # None, or window's active masks
     if config.cache_mode in elastic_cache.MODES:  # runs layer by layer: needs the params
       logits, cache, positions = elastic_cache.forward(config, params, st, rows)
     else:
       logits, cache, positions = _forward(config, apply, st, rows)
     st = _choose_block(config, st._replace(cache=cache), rows, logits)
-    st = loop_lib.denoise(config, st, rows, logits)
+    st = loop_lib.denoise(config, st, rows, logits, allowed)
     st = st._replace(positions=st.positions + jnp.where(busy, positions, 0))
     return _advance(config, st, rows)
 

@@ -49,6 +49,9 @@ class SamplerConfig:
   cache: str = "auto"                 # config.CACHE_MODES
   cache_refresh: int = 0              # prefix/dual: also refresh every k steps in a block
   cache_delay: int = 0                # dcd_prefix/dcd_dual: DCD's delay w
+  window_tokens: int = 64             # window: Window-Diffusion's key window in masks
+  active_tokens: int = 16             # window: Window-Diffusion's active (queried) masks
+  dkv_window_size: int = 4            # dkv_greedy: masked neighbours queried per position
   cache_gamma: float = 0.9            # elastic: refresh deeper layers below this similarity
   cache_track: int = 1                # elastic: tracked tokens per layer
   full_attention: bool = False        # model.attention == "bidirectional"
@@ -102,6 +105,8 @@ class SamplerConfig:
                strategy=config_lib.strategy_config(s, block), block_size=block,
                max_new_tokens=s.max_new_tokens, use_cache=s.use_cache, cache=s.cache,
                cache_refresh=s.cache_refresh, cache_delay=s.cache_delay,
+               window_tokens=s.window_tokens, active_tokens=s.active_tokens,
+               dkv_window_size=s.dkv_window_size,
                cache_gamma=float(s.cache_gamma), cache_track=s.cache_track,
                full_attention=full, commit=s.commit,
                token_shift=d.token_shift, first_token_from_commit=s.first_token_from_commit,
@@ -228,13 +233,18 @@ def block_status(config: SamplerConfig, state: LoopState, rows: Rows):
   return finished, complete & ~finished
 
 
-def denoise(config: SamplerConfig, state: LoopState, rows: Rows, logits) -> LoopState:
+def denoise(config: SamplerConfig, state: LoopState, rows: Rows, logits,
+            allowed=None) -> LoopState:
   """One strategy step for the rows that are denoising (commit/stop bookkeeping per row).
 
-  ``logits [b, B, V]``: the active block's logits, already token-shifted.
+  ``logits [b, B, V]``: the active block's logits, already token-shifted. ``allowed [b, B]``
+  (optional): the block positions the step may decide (a cache that computed logits for
+  some positions only).
   """
   active = ~state.done if config.fused else ~state.done & ~state.needs_commit
   masked = open_positions(config, state, rows) & active[:, None]
+  if allowed is not None:
+    masked &= allowed
   keys = step_keys(state, rows)
   commit, values, strat = strategies_lib.select(config.strategy, logits, masked, keys,
                                                 state.step_in_blk, state.strat)
