@@ -26,18 +26,33 @@ arXiv 2510.14973; github.com/VILA-Lab/Elastic-Cache, ``llada/generate.py``
   union over layers.
 
 Defaults of the reference scripts: ``window_length=16``, ``tau=0.9``, ``gamma=0.9``,
-``track_num=1``. With ``gamma > 1`` every cached step refreshes all layers after the first;
-with one layer a position's K/V depend on its own token only, so the cache is exact.
+``track_num=1``. Consequences of the rule: with one layer a position's K/V depend on its own
+token only and every changed token is queried, so the cache is exact (``none``'s tokens).
+A refresh starting at layer ``l+1`` recomputes that layer's K/V of the non-queried positions
+from the very inputs they were cached from, so it first changes anything at layer ``l+2``:
+``gamma > 1`` (refresh after layer 0 at every step) does not make the cache exact, since the
+non-queried positions' inputs of layer 1 stay as cached.
 
-Deviations [bdiff]: the decision window is the strategy's ``sample.window`` (one knob for one
-window); the block start (and ``cache_refresh``) reset the cache as in the loop's other modes;
-the drift similarity is averaged over all tracked tokens (one decision per row and layer).
+Deviations [bdiff]:
+
+* the decision window is the strategy's ``sample.window`` (one knob for one window), and the
+  loop's block start (and ``cache_refresh``, 0 by default) also runs a full forward;
+* the reference code takes ``F.cosine_similarity(..., dim=1)`` of ``[batch, heads, tracked,
+  keys]`` attention maps, i.e. a cosine across heads per key, averaged over batch, tracked
+  tokens and keys; here, as the paper describes it, the cosine compares distributions over
+  keys, per head, averaged over heads and tracked tokens;
+* every decision is per row (the reference pools the drift test and the attention mass that
+  picks tracked tokens over the batch), so a row decodes the same in any batch;
+* the reference's query list may hold a token twice (tracked and decoded last step); here the
+  query set is a set.
+
 Fixed shapes: ``Q_t`` is a padded index set of capacity ``track * n_layers + 2 * window`` (plus
-``window`` predicting positions for token-shifted models) with a validity mask; layers are
-unrolled, each runs its partial and its full version under ``lax.cond`` (skipped when no row
-needs it) and takes each row's result from its own branch, so rows stay batch invariant.
-``positions_computed`` per step = (positions computed summed over layers) / ``n_layers``,
-rounded up, with a partial layer counting the whole capacity.
+``window`` predicting positions for token-shifted models) with a validity mask; the layers are
+a ``scan`` whose carry holds each row's ``refresh started`` flag, and each layer runs its
+partial and its full version under ``lax.cond`` (skipped when no row needs it), each row
+taking its own branch's result. ``positions_computed`` per step = positions computed summed
+over layers / ``n_layers``, rounded up, a partial layer counting the whole capacity (a full
+step counts the row's canvas, as in the loop's other modes).
 """
 from __future__ import annotations
 

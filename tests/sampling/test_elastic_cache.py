@@ -139,7 +139,8 @@ def test_rows_decode_the_same_in_any_batch(params, prompts, drift):
 def test_drift_similarity_and_tracking_rules():
   """Cosine of the distributions over keys per head, averaged over heads and tracked slots
   (1 where nothing is tracked); tracking keeps the keys most attended by window slots."""
-  a = jnp.asarray([[[[1.0, 0.0], [0.5, 0.5]], [[0.0, 1.0], [1.0, 0.0]]]])  # [1, 2 slots, 2 heads, 2]
+  # [1 row, 2 slots, 2 heads, 2 keys]
+  a = jnp.asarray([[[[1.0, 0.0], [0.5, 0.5]], [[0.0, 1.0], [1.0, 0.0]]]])
   b = jnp.asarray([[[[1.0, 0.0], [0.5, 0.5]], [[1.0, 0.0], [1.0, 0.0]]]])
   sim = elastic_cache.drift_similarity(a, b, jnp.asarray([[True, True]]))
   np.testing.assert_allclose(sim, [(1.0 + 1.0 + 0.0 + 1.0) / 4], rtol=1e-6)
