@@ -1,0 +1,129 @@
+"""FlashBlock attention caching vs the exact KV cache on a trained block-causal model.
+
+  python -m experiments.flashblock --workdir runs/exact_b4 --out docs/flashblock.md
+
+FlashBlock (Caesarhhh/FlashBlock project page; no code published) caches, at a block's first
+denoising step, the attention of the block's queries to every earlier token and reuses it for
+the block's later steps (``sample.cache="flashblock"``, ``bdiff.sampling.flashblock``). Both
+modes run the same block loop (``commit="separate"``, greedy) on the same prompts; reported
+per mode and batch size: tokens/s (mean ± s.d. over ``--repeats`` rounds, both modes once per
+round, compilation excluded) and its ratio to ``exact``, forwards and positions per row,
+accuracy, and drift = the fraction of generated tokens that differ from ``exact``'s (which
+equals the no-cache reference). ``--prompt_pad`` puts that many EOS tokens before every
+prompt (the row's context, which the model saw between packed documents), to lengthen the
+prefix FlashBlock stops re-attending.
+
+``--smoke`` decodes three prompts at batch 2 in two rounds (checks that it runs).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+
+import numpy as np
+
+import bdiff
+from bdiff import runs
+from bdiff.data import task_names
+from bdiff.eval import speed_bench
+from bdiff.eval.tasks import format_table
+from bdiff.sampling import drift as drift_lib
+from experiments import cache_ladder as ladder
+from experiments import exact_vs_cached
+
+MODES = ("exact", "flashblock")
+COLUMNS = (("cache", "{}"), ("rule", "{}"), ("batch", "{}"), ("tok/s", "{:.1f}"),
+           ("± sd", "{:.1f}"), ("× exact", "{:.2f}"), ("forwards/row", "{:.2f}"),
+           ("positions/row", "{:.1f}"), ("drift", "{:.3f}"), ("accuracy", "{:.1f}"))
+
+
+def mode_config(cfg, mode: str, threshold: float):
+  """The block run's config with ``mode`` under the rule, separate commit (FlashBlock's)."""
+  cfg = exact_vs_cached.block_config(cfg, threshold)
+  cfg.sample.update(cache=mode, commit="separate")
+  return cfg
+
+
+def padded(prompts: np.ndarray, lengths: np.ndarray, pad: int, eos: int):
+  """Every prompt behind ``pad`` EOS tokens (right-padding kept)."""
+  if not pad:
+    return prompts, lengths
+  return (np.concatenate([np.full((len(prompts), pad), eos, np.int32), prompts], axis=1),
+          lengths + pad)
+
+
+def run(cfg, params, tokenizer, args) -> list[dict]:
+  pairs = ladder.examples(task_names(cfg.eval.tasks), args.num_examples, cfg.eval.seed)
+  rows = []
+  for threshold in args.thresholds:
+    rule = f"threshold {threshold}" if threshold else "1 token/step"
+    samplers = {m: runs.Sampler(mode_config(cfg, m, threshold), params, tokenizer,
+                                use_mesh=False) for m in MODES}
+    prompts, lengths = ladder.prompt_batch(samplers["exact"], pairs)
+    prompts, lengths = padded(prompts, lengths, args.prompt_pad, tokenizer.eos_id)
+    decoded = {}
+    for batch in sorted(args.batches, reverse=True):  # the largest decodes every example
+      calls = {m: ladder.compile_sampler(s, prompts, batch) for m, s in samplers.items()}
+      if not decoded:
+        decoded = {m: ladder.decode(s, calls[m], pairs, prompts, lengths, batch)
+                   for m, s in samplers.items()}
+      rate = ladder.time_side_by_side(samplers, calls, prompts, lengths, batch, args.repeats)
+      for m in MODES:
+        d = decoded[m]
+        rows.append({"cache": m, "rule": rule, "batch": batch, "tok/s": rate[m].mean,
+                     "± sd": rate[m].sd, "× exact": rate[m].mean / rate["exact"].mean,
+                     "forwards/row": d["forwards"], "positions/row": d["positions"],
+                     "accuracy": d["accuracy"],
+                     "drift": drift_lib.token_drift(d["tokens"], decoded["exact"]["tokens"])})
+        print(format_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
+  return rows
+
+
+def markdown(rows: list[dict], cfg, args, command: str) -> str:
+  return "\n".join([
+      f"# FlashBlock vs the exact KV cache: {cfg.name} (block {cfg.diffusion.block_size}, "
+      f"{cfg.model.n_layers} layers, d={cfg.model.d_model})",
+      "",
+      f"Model: trained {cfg.train.steps} steps on data.source={cfg.data.source} "
+      f"(tasks: {cfg.data.tasks}), run `{args.workdir}`.",
+      "",
+      f"Command: `{command}`",
+      "",
+      f"{datetime.date.today().isoformat()} on {speed_bench.machine()}, shared with other jobs:",
+      f"tokens/s are mean ± s.d. over {args.repeats} rounds in which both modes ran once "
+      "(side by side, compilation excluded). Greedy, commit=separate, "
+      f"max_new_tokens={cfg.sample.max_new_tokens}, {args.prompt_pad} EOS tokens before each "
+      f"prompt. Forwards, positions, drift and accuracy over the same {args.num_examples} "
+      f"prompts of {cfg.eval.tasks}; drift = fraction of generated tokens that differ from "
+      "`exact`'s.",
+      "",
+      format_table(rows, COLUMNS),
+      ""])
+
+
+def main(argv=None) -> list[dict]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True, help="a block-causal run")
+  parser.add_argument("--out", required=True, help="markdown output")
+  parser.add_argument("--thresholds", default="0,0.9",
+                      help="comma-separated; 0 = one token per step (static, steps = block)")
+  parser.add_argument("--prompt_pad", type=int, default=0)
+  parser.add_argument("--num_examples", type=int, default=96)
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--smoke", action="store_true")
+  args = parser.parse_args(argv)
+  args.thresholds = [float(t) for t in args.thresholds.split(",")]
+  args.batches = (1, 2) if args.smoke else (1, 32)
+  if args.smoke:
+    args.num_examples, args.repeats = 3, 2
+  cfg, params, tokenizer = bdiff.restore_params(args.workdir)
+  rows = run(cfg, params, tokenizer, args)
+  command = "python -m experiments.flashblock " + " ".join(
+      argv if argv is not None else sys.argv[1:])
+  speed_bench.write_report(args.out, markdown(rows, cfg, args, command))
+  return rows
+
+
+if __name__ == "__main__":
+  main()
