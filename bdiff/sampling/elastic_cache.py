@@ -102,13 +102,18 @@ def window(config: SamplerConfig, state: LoopState, rows: Rows) -> jax.Array:
   return inside & jnp.take_along_axis(cand, jnp.clip(rel, 0, blk - 1), axis=1)
 
 
-def query_set(config: SamplerConfig, state: LoopState, rows: Rows):
+def query_set(config: SamplerConfig, state: LoopState, rows: Rows, refresh: jax.Array):
   """``(idx [b, C], valid [b, C], member [b, L], win [b, L])``: the queried positions in
-  canvas order (padding after them), which slots are real, and the two masks they came from."""
+  canvas order (padding after them), which slots are real, and the two masks they came from.
+
+  A cached step queries the tracked tokens, the tokens changed since the last forward (those
+  decoded at the previous step) and the window; a refreshing row (``refresh [b]``) computes
+  every position anyway and reads logits of the window only, so its set is the window (all
+  its tokens are "changed" at a block's first step, more than the capacity holds)."""
   length = state.tokens.shape[1]
   cache = state.cache
   win = window(config, state, rows)
-  member = win | cache["tracked"] | (state.tokens != cache["seen"])
+  member = win | ((cache["tracked"] | (state.tokens != cache["seen"])) & ~refresh[:, None])
   if config.token_shift:  # the positions whose logits predict the window's
     member |= jnp.pad(win[:, 1:], ((0, 0), (0, 1)))
   member &= jnp.arange(length)[None, :] < rows.limit[:, None]
@@ -252,8 +257,8 @@ def _keep_rows(rows: jax.Array, new: jax.Array, old: jax.Array, axis: int) -> ja
   return jnp.where(rows.reshape(shape), new, old)
 
 
-def _context(config: SamplerConfig, state: LoopState, rows: Rows) -> _Step:
-  idx, valid, member, win = query_set(config, state, rows)
+def _context(config: SamplerConfig, state: LoopState, rows: Rows, refresh) -> _Step:
+  idx, valid, member, win = query_set(config, state, rows, refresh)
   key_ok = jnp.arange(state.tokens.shape[1])[None, :] < rows.limit[:, None]
   return _Step(idx=idx, valid=valid,
                stale_ok=key_ok & ~member, key_ok=key_ok,
@@ -281,7 +286,7 @@ def forward(config: SamplerConfig, params, state: LoopState, rows: Rows):
   """One step: ``(block logits [b, B, V], cache, positions computed [b])``."""
   busy = ~state.done
   refresh = approx_cache.refreshing(config, state)
-  ctx = _context(config, state, rows)
+  ctx = _context(config, state, rows, refresh)
   xq, caches, tracked, n_full = _layers(config, params, ctx, state.cache, state.tokens,
                                         refresh, busy)
   logits = _block_logits(config, state, ctx, transformer.output_logits(config.model, params,

@@ -30,8 +30,8 @@ from bdiff.sampling import generate as gen
 from bdiff.sampling.config import validate_run_sample_config
 
 V = 23
-WIDTH, NEW, WINDOW = 7, 10, 4
-LENGTHS = np.array([7, 3, 5, 4], np.int32)
+WIDTH, NEW, WINDOW = 12, 10, 4
+LENGTHS = np.array([12, 6, 9, 8], np.int32)  # longer than the query capacity (10)
 STOP = 4
 IDS = np.arange(40, 44, dtype=np.int32)
 
