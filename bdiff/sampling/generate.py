@@ -33,6 +33,9 @@ in any batch (same ``row_id``).
 ``sample.cache="none"`` (formerly ``use_cache=False``, still accepted) is the reference: every
 forward recomputes the whole buffer under the training regime's mask (same schedule, no K/V
 stored); the exact cache (``"exact"``, the default) must reproduce its tokens.
+``sample.cache="flashblock"`` (FlashBlock attention caching: approximate, never the default)
+runs this loop on the same exact cache but reuses, at a block's later steps, each layer's
+attention over the cache from the block's first step: ``bdiff.sampling.flashblock``.
 
 Token-shifted models (``diffusion.token_shift``, Fast-dLLM v2): a position's logits come from
 the position before it. In separate mode the block's first position is predicted by the
@@ -262,7 +265,8 @@ def initial_state(params, prompts, rng, lengths, row_ids, *, config: SamplerConf
 
 
 def loop_forward(params, state: LoopState, *, config: SamplerConfig):
-  """One block-causal loop forward from ``state``, as the loop runs it.
+  """One block-causal loop forward from ``state``, as the loop runs it (with the exact cache;
+  FlashBlock's steps are ``flashblock.forward``).
 
   Returns ``(block logits [b, B, V], raw last logit [b, V], new K/V or None)``.
   """
