@@ -232,6 +232,33 @@ def test_window_plan_slides_and_requeries_the_phase_tokens():
   assert (q, k, phase, active) == ([2, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6], [2, 4], [5, 6])
 
 
+
+def test_window_decides_among_the_active_masks_only():
+  """At a cached step ``window`` computed logits for the active masks only, so the step
+  decides among them: with one active mask (position 2) and another open one in the block
+  (5), eight rows with different random-order keys all decode 2; a refreshing step leaves
+  the whole block open."""
+  config = query_sampler("window", active_tokens=1)
+  m, n = config.mask_id, 8
+  tokens = jnp.tile(jnp.array([[1, 2, m, 3, 3, m] + [m] * 6]), (n, 1))
+  rows = loop_lib.make_rows(config, np.full(n, 2), np.arange(n), jax.random.key(0))
+  masked = jnp.asarray(np.asarray(tokens) == m)
+  cache = query_cache.QueryCache(None, None, masked, masked, masked)
+  state = loop_lib.LoopState(
+      tokens=tokens, blk_start=jnp.full(n, 2), step_in_blk=jnp.full(n, 2),
+      needs_commit=jnp.zeros(n, bool), done=jnp.zeros(n, bool), stop_pos=jnp.full(n, 12),
+      nfe_denoise=jnp.full(n, 2), nfe_commit=None, positions=None, prev_logits=None,
+      cache=cache, strat={"n0": jnp.full(n, 4)}, it=None, trace=None)
+  allowed = jax.jit(query_cache.allowed, static_argnums=0)(config, state, rows)
+  np.testing.assert_array_equal(allowed, np.tile([[True, False, False, False]], (n, 1)))
+  logits = jnp.zeros((n, BLOCK, config.model.vocab_size))
+  out = jax.jit(loop_lib.denoise, static_argnums=0)(config, state, rows, logits, allowed)
+  np.testing.assert_array_equal(np.asarray(out.tokens[:, 5]), m)  # 5 stays masked
+  assert (np.asarray(out.tokens[:, 2]) != m).all()
+  start = query_cache.allowed(config, state._replace(step_in_blk=jnp.zeros(n, jnp.int32)), rows)
+  assert np.asarray(start).all()
+
+
 @pytest.mark.parametrize("sample, key", [
     (dict(cache="dkv_greedy"), "sample.strategy"),  # the fixture's threshold rule
     (dict(cache="dkv_greedy", strategy="static", confidence="prob"), "sample.confidence"),
