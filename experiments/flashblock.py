@@ -13,6 +13,11 @@ equals the no-cache reference). ``--prompt_pad`` puts that many EOS tokens befor
 prompt (the row's context, which the model saw between packed documents), to lengthen the
 prefix FlashBlock stops re-attending.
 
+``--synthetic P`` adds the regime FlashBlock was made for, which the task model's short
+contexts (48 tokens) cannot reach: a random fp32 model (4 layers, d=256, block 4) decoding 32
+tokens one per step after a ``P``-token random prompt, timed the same way (its drift is
+measured too, but a random model's confidences say nothing about a trained one's).
+
 ``--smoke`` decodes three prompts at batch 2 in two rounds (checks that it runs).
 """
 from __future__ import annotations
@@ -21,14 +26,19 @@ import argparse
 import datetime
 import sys
 
+import jax
 import numpy as np
 
 import bdiff
 from bdiff import runs
+from bdiff.config import base_config
 from bdiff.data import task_names
 from bdiff.eval import speed_bench
+from bdiff.eval import stats
 from bdiff.eval.tasks import format_table
 from bdiff.sampling import drift as drift_lib
+from bdiff.sampling import generate as gen
+from bdiff.sampling.config import validate_run_sample_config
 from experiments import cache_ladder as ladder
 from experiments import exact_vs_cached
 
@@ -80,6 +90,50 @@ def run(cfg, params, tokenizer, args) -> list[dict]:
   return rows
 
 
+def synthetic_config(mode: str, smoke: bool = False) -> gen.SamplerConfig:
+  """A random-weight model's sampler: one token per step in blocks of 4, no stop token."""
+  cfg = base_config()
+  width = 64 if smoke else 256
+  cfg.model.update(d_model=width, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=width // 4,
+                   mlp_dim=3 * width, dtype="float32", vocab_size=256)
+  cfg.diffusion.block_size = 4
+  cfg.sample.update(max_new_tokens=32, strategy="static", steps=4, confidence="prob",
+                    temperature=0.0, cache=mode, commit="separate", stop_at_eos=False)
+  validate_run_sample_config(cfg)
+  return gen.SamplerConfig.from_config(cfg)
+
+
+def synthetic(args) -> list[dict]:
+  """Both modes on a random model after ``args.synthetic`` prompt tokens (module docstring)."""
+  configs = {m: synthetic_config(m, args.smoke) for m in MODES}
+  params = speed_bench.random_params(configs["exact"].model)
+  rows = []
+  for batch in sorted(args.batches, reverse=True):
+    prompts = np.random.default_rng(0).integers(0, 256, (batch, args.synthetic), np.int32)
+    call_args = (params, prompts, jax.random.key(0), np.full(batch, args.synthetic, np.int32),
+                 np.arange(batch, dtype=np.int32))
+    calls = {m: jax.jit(lambda *a, c=c: gen.generate_fn(*a, config=c)).lower(
+        *call_args).compile() for m, c in configs.items()}
+    outs = {m: jax.tree.map(np.asarray, calls[m](*call_args)) for m in MODES}
+    rates = {m: [] for m in MODES}
+    for _ in range(args.repeats):
+      for m in MODES:
+        (seconds,) = speed_bench.wall_times(calls[m], *call_args, repeats=1)
+        rates[m].append(float(outs[m]["num_tokens"].sum()) / seconds)
+    rate = {m: stats.mean_sd(r) for m, r in rates.items()}
+    for m in MODES:
+      out = outs[m]
+      rows.append({"cache": m, "rule": f"random model, prompt {args.synthetic}", "batch": batch,
+                   "tok/s": rate[m].mean, "± sd": rate[m].sd,
+                   "× exact": rate[m].mean / rate["exact"].mean,
+                   "forwards/row": float((out["nfe_denoise"] + out["nfe_commit"]).mean()),
+                   "positions/row": float(out["positions_computed"].mean()),
+                   "drift": drift_lib.token_drift(out["tokens"], outs["exact"]["tokens"]),
+                   "accuracy": float("nan")})
+      print(format_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
+  return rows
+
+
 def markdown(rows: list[dict], cfg, args, command: str) -> str:
   return "\n".join([
       f"# FlashBlock vs the exact KV cache: {cfg.name} (block {cfg.diffusion.block_size}, "
@@ -111,6 +165,8 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--prompt_pad", type=int, default=0)
   parser.add_argument("--num_examples", type=int, default=96)
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--synthetic", type=int, default=0,
+                      help="also time a random model after this many prompt tokens (0: no)")
   parser.add_argument("--smoke", action="store_true")
   args = parser.parse_args(argv)
   args.thresholds = [float(t) for t in args.thresholds.split(",")]
@@ -119,6 +175,8 @@ def main(argv=None) -> list[dict]:
     args.num_examples, args.repeats = 3, 2
   cfg, params, tokenizer = bdiff.restore_params(args.workdir)
   rows = run(cfg, params, tokenizer, args)
+  if args.synthetic:
+    rows += synthetic(args)
   command = "python -m experiments.flashblock " + " ".join(
       argv if argv is not None else sys.argv[1:])
   speed_bench.write_report(args.out, markdown(rows, cfg, args, command))
