@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+import types
 
 import jax
 import numpy as np
@@ -34,7 +35,6 @@ from bdiff import runs
 from bdiff.config import base_config
 from bdiff.data import task_names
 from bdiff.eval import speed_bench
-from bdiff.eval import stats
 from bdiff.eval.tasks import format_table
 from bdiff.sampling import drift as drift_lib
 from bdiff.sampling import generate as gen
@@ -107,20 +107,16 @@ def synthetic(args) -> list[dict]:
   """Both modes on a random model after ``args.synthetic`` prompt tokens (module docstring)."""
   configs = {m: synthetic_config(m, args.smoke) for m in MODES}
   params = speed_bench.random_params(configs["exact"].model)
+  holders = {m: types.SimpleNamespace(params=params) for m in MODES}  # what the timer reads
   rows = []
   for batch in sorted(args.batches, reverse=True):
     prompts = np.random.default_rng(0).integers(0, 256, (batch, args.synthetic), np.int32)
-    call_args = (params, prompts, jax.random.key(0), np.full(batch, args.synthetic, np.int32),
-                 np.arange(batch, dtype=np.int32))
+    lengths = np.full(batch, args.synthetic, np.int32)
+    call_args = ladder.call_args(holders["exact"], prompts, lengths, 0, batch)
     calls = {m: jax.jit(lambda *a, c=c: gen.generate_fn(*a, config=c)).lower(
         *call_args).compile() for m, c in configs.items()}
     outs = {m: jax.tree.map(np.asarray, calls[m](*call_args)) for m in MODES}
-    rates = {m: [] for m in MODES}
-    for _ in range(args.repeats):
-      for m in MODES:
-        (seconds,) = speed_bench.wall_times(calls[m], *call_args, repeats=1)
-        rates[m].append(float(outs[m]["num_tokens"].sum()) / seconds)
-    rate = {m: stats.mean_sd(r) for m, r in rates.items()}
+    rate = ladder.time_side_by_side(holders, calls, prompts, lengths, batch, args.repeats)
     for m in MODES:
       out = outs[m]
       rows.append({"cache": m, "rule": f"random model, prompt {args.synthetic}", "batch": batch,
