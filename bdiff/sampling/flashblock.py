@@ -26,14 +26,17 @@ page's block-diffusion numbers):
   rounding. It stores the parts' ``(O_ext, LSE_ext)`` per row. The other steps attend the block
   only and merge with the stored part;
 * a still-masked position of a one-layer model keeps its first-step query ([MASK] at the same
-  position), so the logits the strategy reads are exact there; deeper models drift, measured by
+  position), so for an unshifted model the logits the strategy reads are exact (a shifted one
+  reads the position before, which may have been decoded); deeper models drift, measured by
   ``bdiff.sampling.drift`` against the exact loop;
 * ``commit="separate"`` only (the fused window re-queries the previous block), attention
   backends ``xla`` and ``pallas`` (those that return the LSE); the cached ``O_ext`` has the
   model's compute precision (bf16 models: bf16 values held in fp32);
 * the saving is attention over the prefix (``B x P`` scores per layer per cached step);
   ``positions_computed`` equals the exact loop's (the block's positions are recomputed either
-  way), so it does not show it.
+  way), so it does not show it;
+* block-causal models only: in the full-attention loop the boundary between the stale prefix
+  and the queried window moves per row, which this static split at the cache does not express.
 
 Rows refresh at different iterations (threshold rules finish blocks at different steps): an
 iteration runs the refreshing forward for the rows that refresh and the cached one for the
