@@ -35,8 +35,9 @@ page's block-diffusion numbers):
 * the saving is attention over the prefix (``B x P`` scores per layer per cached step);
   ``positions_computed`` equals the exact loop's (the block's positions are recomputed either
   way), so it does not show it;
-* block-causal models only: in the full-attention loop the boundary between the stale prefix
-  and the queried window moves per row, which this static split at the cache does not express.
+* block-causal models only: in the full-attention loop a block's first step is a whole-canvas
+  forward with no cache to split off, so the external part would cost one more (window) forward
+  per block on top of Fast-dLLM's prefix cache; not implemented.
 
 Rows refresh at different iterations (threshold rules finish blocks at different steps): an
 iteration runs the refreshing forward for the rows that refresh and the cached one for the
