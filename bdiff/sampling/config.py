@@ -20,35 +20,28 @@ from bdiff import attention as attention_lib
 from bdiff.sampling import strategies as strategies_lib
 
 COMMIT_MODES = ("separate", "fused")
+# sample.sparse_attention: "sparsed" = SparseD's per-head block-sparse patterns (sparsed.py).
+SPARSE_ATTENTION = ("none", "sparsed")
 # sample.cache: "auto" = "exact" for block-causal models, "none" for full-attention ones.
 # Full-attention caches beyond Fast-dLLM v1 (dKV-Cache, Window-Diffusion): approx_cache.py.
 LADDER_CACHES = ("dkv", "window_block")
 # DCD's sliding-window cache, refreshed by decoded count (dcd_cache.py).
 DCD_CACHES = ("dcd_prefix", "dcd_dual")
-# sample.sparse_attention: "sparsed" = SparseD's per-head block-sparse patterns (sparsed.py).
-SPARSE_ATTENTION = ("none", "sparsed")
-CACHE_MODES = ("auto", "exact", "none", "prefix", "dual") + LADDER_CACHES + DCD_CACHES
-BLOCK_CAUSAL_CACHES = ("exact", "none")         # exact KV cache of clean blocks, or none
-# exact recompute, Fast-dLLM v1 caches, the ladder's further rungs
-FULL_ATTENTION_CACHES = ("none", "prefix", "dual") + LADDER_CACHES + DCD_CACHES
-APPROXIMATE_CACHES = ("prefix", "dual") + LADDER_CACHES + DCD_CACHES
 # Elastic-Cache: per-layer caches refreshed where attention drifts (elastic_cache.py).
 ELASTIC_CACHES = ("elastic",)
-CACHE_MODES += ELASTIC_CACHES
-FULL_ATTENTION_CACHES += ELASTIC_CACHES
-APPROXIMATE_CACHES += ELASTIC_CACHES
-# FlashBlock: block-external attention cached at a block's first step, on top of the exact
-# KV cache of block-causal models (flashblock.py).
-FLASHBLOCK_CACHE = "flashblock"
-CACHE_MODES += (FLASHBLOCK_CACHE,)
-BLOCK_CAUSAL_CACHES += (FLASHBLOCK_CACHE,)
-APPROXIMATE_CACHES += (FLASHBLOCK_CACHE,)
 # Window-Diffusion's sliding active set and dKV-Cache Greedy: cached steps query a per-step
 # set of positions (query_cache.py).
 QUERY_SET_CACHES = ("window", "dkv_greedy")
-CACHE_MODES += QUERY_SET_CACHES
-FULL_ATTENTION_CACHES += QUERY_SET_CACHES
-APPROXIMATE_CACHES += QUERY_SET_CACHES
+# FlashBlock: block-external attention cached at a block's first step, on top of the exact
+# KV cache of block-causal models (flashblock.py).
+FLASHBLOCK_CACHE = "flashblock"
+# Full-attention approximate caches: Fast-dLLM v1 and the ladder's further rungs.
+_FULL_ATTENTION_APPROX = (("prefix", "dual") + LADDER_CACHES + DCD_CACHES + ELASTIC_CACHES
+                          + QUERY_SET_CACHES)
+BLOCK_CAUSAL_CACHES = ("exact", "none", FLASHBLOCK_CACHE)  # exact KV cache, none, FlashBlock
+FULL_ATTENTION_CACHES = ("none",) + _FULL_ATTENTION_APPROX
+APPROXIMATE_CACHES = _FULL_ATTENTION_APPROX + (FLASHBLOCK_CACHE,)
+CACHE_MODES = ("auto", "exact") + FULL_ATTENTION_CACHES + (FLASHBLOCK_CACHE,)
 PROMPT_PREFIXES = ("auto", "none", "bos", "eos")
 STRICT_CHOICES = ("auto", "true", "false")
 # Strategies the block-causal loop cannot host: AdaBlock chooses each block's length at
@@ -62,9 +55,10 @@ _LOOP_DEFAULTS = dict(
                              # diffusion.block_size (the only legal value). Full-attention
                              # models (model.attention="bidirectional"): any length (LLaDA's
                              # semi-AR blocks); 0 = one block, the whole generation
-    cache="auto",            # auto | exact | none | prefix | dual | dkv | window_block |
-                             # flashblock | window | dkv_greedy (CACHE_MODES): auto = exact
-                             # for block-causal models, none for full-attention ones
+    cache="auto",            # auto | exact | none | flashblock (block-causal) | prefix | dual |
+                             # dkv | window_block | dcd_prefix | dcd_dual | elastic | window |
+                             # dkv_greedy (full attention); CACHE_MODES. auto = exact for
+                             # block-causal models, none for full-attention ones
     cache_refresh=0,         # approximate caches: also recompute the cache every k steps inside
                              # a block (0 = only at block starts, Fast-dLLM v1; 1 = every step;
                              # dkv: its cache_reloading_step; window_block: its refresh_cycle)
