@@ -34,8 +34,6 @@ end to end; its numbers mean nothing).
 from __future__ import annotations
 
 import argparse
-import datetime
-import sys
 
 import jax
 import numpy as np
@@ -175,15 +173,10 @@ def rule_text(threshold: float) -> str:
 
 def markdown(rows: list[dict], cfg, args, command: str) -> str:
   return "\n".join([
-      f"# Cache ladder: {cfg.name} (block {cfg.diffusion.block_size} = seq_len, "
-      f"{cfg.model.n_layers} layers, d={cfg.model.d_model}) decoded with full attention",
-      "",
-      f"Model: trained {cfg.train.steps} steps on data.source={cfg.data.source} "
-      f"(tasks: {cfg.data.tasks}), run `{args.workdir}`.",
-      "",
-      f"Command: `{command}`",
-      "",
-      f"{datetime.date.today().isoformat()} on {speed_bench.machine()}, shared with other jobs:",
+      *speed_bench.run_header(
+          f"Cache ladder: {cfg.name} (block {cfg.diffusion.block_size} = seq_len, "
+          f"{cfg.model.n_layers} layers, d={cfg.model.d_model}) decoded with full attention",
+          cfg, args.workdir, command, ", shared with other jobs:"),
       f"tokens/s are mean ± s.d. over {args.repeats} rounds in which every mode ran once "
       "(side by side, compilation excluded); `× none` is the ratio of means, and where two "
       "modes' intervals overlap this run does not separate them. Decoding: semi-AR blocks of "
@@ -219,8 +212,7 @@ def main(argv=None) -> list[dict]:
     args.num_examples, args.repeats = 3, 2
   cfg, params, tokenizer = bdiff.restore_params(args.workdir)
   rows = run(cfg, params, tokenizer, args)
-  command = "python -m experiments.cache_ladder " + " ".join(
-      argv if argv is not None else sys.argv[1:])
+  command = speed_bench.experiment_command("cache_ladder", argv)
   speed_bench.write_report(args.out, markdown(rows, cfg, args, command))
   return rows
 

@@ -22,8 +22,6 @@ batches 1 and 2, two rounds (numbers mean nothing).
 from __future__ import annotations
 
 import argparse
-import datetime
-import sys
 
 
 import bdiff
@@ -85,15 +83,10 @@ def rule_text(args) -> str:
 
 def markdown(rows: list[dict], cfg, args, command: str) -> str:
   return "\n".join([
-      f"# Elastic-Cache: {cfg.name} ({cfg.model.n_layers} layers, d={cfg.model.d_model}, "
-      f"one block = seq_len) decoded with full attention",
-      "",
-      f"Model: trained {cfg.train.steps} steps on data.source={cfg.data.source} "
-      f"(tasks: {cfg.data.tasks}), run `{args.workdir}`.",
-      "",
-      f"Command: `{command}`",
-      "",
-      f"{datetime.date.today().isoformat()} on {speed_bench.machine()}, shared with other jobs:",
+      *speed_bench.run_header(
+          f"Elastic-Cache: {cfg.name} ({cfg.model.n_layers} layers, d={cfg.model.d_model}, "
+          f"one block = seq_len) decoded with full attention",
+          cfg, args.workdir, command, ", shared with other jobs:"),
       f"tokens/s are mean ± s.d. over {args.repeats} rounds in which every row's sampler ran "
       "once (side by side, compilation excluded); `× none` is the ratio of means. Decoding: "
       f"one block, {rule_text(args)}, decided in the first {args.window} masks "
@@ -127,8 +120,7 @@ def main(argv=None) -> list[dict]:
     args.num_examples, args.repeats = 3, 2
   cfg, params, tokenizer = bdiff.restore_params(args.workdir)
   rows = run(cfg, params, tokenizer, args)
-  command = "python -m experiments.elastic_cache " + " ".join(
-      argv if argv is not None else sys.argv[1:])
+  command = speed_bench.experiment_command("elastic_cache", argv)
   speed_bench.write_report(args.out, markdown(rows, cfg, args, command))
   return rows
 

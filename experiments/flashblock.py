@@ -23,8 +23,6 @@ measured too, but a random model's confidences say nothing about a trained one's
 from __future__ import annotations
 
 import argparse
-import datetime
-import sys
 import types
 
 import jax
@@ -132,15 +130,10 @@ def synthetic(args) -> list[dict]:
 
 def markdown(rows: list[dict], cfg, args, command: str) -> str:
   return "\n".join([
-      f"# FlashBlock vs the exact KV cache: {cfg.name} (block {cfg.diffusion.block_size}, "
-      f"{cfg.model.n_layers} layers, d={cfg.model.d_model})",
-      "",
-      f"Model: trained {cfg.train.steps} steps on data.source={cfg.data.source} "
-      f"(tasks: {cfg.data.tasks}), run `{args.workdir}`.",
-      "",
-      f"Command: `{command}`",
-      "",
-      f"{datetime.date.today().isoformat()} on {speed_bench.machine()}, shared with other jobs:",
+      *speed_bench.run_header(
+          f"FlashBlock vs the exact KV cache: {cfg.name} (block {cfg.diffusion.block_size}, "
+          f"{cfg.model.n_layers} layers, d={cfg.model.d_model})",
+          cfg, args.workdir, command, ", shared with other jobs:"),
       f"tokens/s are mean ± s.d. over {args.repeats} rounds in which both modes ran once "
       "(side by side, compilation excluded). Greedy, commit=separate, "
       f"max_new_tokens={cfg.sample.max_new_tokens}, {args.prompt_pad} EOS tokens before each "
@@ -173,8 +166,7 @@ def main(argv=None) -> list[dict]:
   rows = run(cfg, params, tokenizer, args)
   if args.synthetic:
     rows += synthetic(args)
-  command = "python -m experiments.flashblock " + " ".join(
-      argv if argv is not None else sys.argv[1:])
+  command = speed_bench.experiment_command("flashblock", argv)
   speed_bench.write_report(args.out, markdown(rows, cfg, args, command))
   return rows
 

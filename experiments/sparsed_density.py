@@ -18,8 +18,6 @@ long context through the block-sparse kernel (``model.attention_impl="pallas"``)
 from __future__ import annotations
 
 import argparse
-import datetime
-import sys
 
 import numpy as np
 
@@ -80,15 +78,11 @@ def run(cfg, params, tokenizer, args) -> list[dict]:
 
 def markdown(rows, cfg, args, command: str) -> str:
   return "\n".join([
-      f"# SparseD on {cfg.name} ({cfg.model.n_layers} layers, {cfg.model.n_heads} heads, "
-      f"one block of {cfg.diffusion.block_size} = seq_len) decoded with full attention",
-      "",
-      f"Model: trained {cfg.train.steps} steps on data.source={cfg.data.source} "
-      f"(tasks: {cfg.data.tasks}), run `{args.workdir}`.",
-      "",
-      f"Command: `{command}`",
-      "",
-      f"{datetime.date.today().isoformat()} on {speed_bench.machine()}. Decoding: semi-AR "
+      *speed_bench.run_header(
+          f"SparseD on {cfg.name} ({cfg.model.n_layers} layers, {cfg.model.n_heads} heads, "
+          f"one block of {cfg.diffusion.block_size} = seq_len) decoded with full attention",
+          cfg, args.workdir, command),
+      "Decoding: semi-AR "
       f"blocks of {args.block}, one token per step, greedy, "
       f"max_new_tokens={cfg.sample.max_new_tokens}, {args.num_examples} prompts of "
       f"{cfg.eval.tasks}; SparseD skip={args.skip} (full attention for the steps t <= "
@@ -118,8 +112,7 @@ def main(argv=None) -> list[dict]:
   args.tiles = [int(x) for x in args.tiles.split(",")]
   cfg, params, tokenizer = bdiff.restore_params(args.workdir)
   rows = run(cfg, params, tokenizer, args)
-  command = "python -m experiments.sparsed_density " + " ".join(
-      argv if argv is not None else sys.argv[1:])
+  command = speed_bench.experiment_command("sparsed_density", argv)
   speed_bench.write_report(args.out, markdown(rows, cfg, args, command))
   return rows
 

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 import time
 from typing import Callable
 
@@ -148,6 +149,22 @@ def write_report(path: str, text: str) -> None:
   with open(path, "w", encoding="utf-8") as f:
     f.write(text)
   print(text)
+
+
+def run_header(title: str, cfg, workdir: str, command: str, after: str = ".") -> list[str]:
+  """An experiment report's opening lines: title, the trained run it measured, the command,
+  and the date and machine (followed by ``after``)."""
+  return [f"# {title}", "",
+          f"Model: trained {cfg.train.steps} steps on data.source={cfg.data.source} "
+          f"(tasks: {cfg.data.tasks}), run `{workdir}`.", "",
+          f"Command: `{command}`", "",
+          f"{datetime.date.today().isoformat()} on {machine()}{after}"]
+
+
+def experiment_command(module: str, argv) -> str:
+  """The command line that reproduces an experiment (``argv`` None: this process's)."""
+  return f"python -m experiments.{module} " + " ".join(
+      argv if argv is not None else sys.argv[1:])
 
 
 def main(cfg, workdir: str) -> list[dict]:
