@@ -302,21 +302,6 @@ def _check_dcd_cache(cfg, scfg, mode: str) -> None:
                      "set it >= 1")
 
 
-def _check_elastic(cfg, scfg, mode: str) -> None:
-  """Elastic-Cache's drift threshold and tracked tokens; it decides in a window of masks."""
-  gamma, track = cfg.get("cache_gamma", 0.9), cfg.get("cache_track", 1)
-  if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < 1e9:
-    raise ValueError(f"sample.cache_gamma must be a number >= 0 (the attention similarity "
-                     f"below which Elastic-Cache recomputes deeper layers; above 1: always), "
-                     f"got {gamma!r}")
-  if isinstance(track, bool) or not isinstance(track, int) or track < 1:
-    raise ValueError(f"sample.cache_track must be an integer >= 1, got {track!r}")
-  if mode in ELASTIC_CACHES and scfg.window < 1:
-    raise ValueError("sample.cache='elastic' decides in a sliding window of the first "
-                     "sample.window masks (Elastic-Cache's window_length, 16 in its "
-                     "scripts); set sample.window >= 1")
-
-
 def _check_flashblock(cfg, mode: str, attention_impl: str) -> None:
   """FlashBlock caches the attention of a block's queries over the cache, so it needs the
   separate commit pass (the fused window re-queries the previous block) and an attention
