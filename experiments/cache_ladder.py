@@ -8,7 +8,8 @@
 For each ``sample.cache`` mode of a full-attention model (``none``, the exact full recompute;
 Fast-dLLM v1's ``prefix`` / ``dual``, arXiv 2505.22618; dKV-Cache's ``dkv`` and
 ``dkv_greedy``, arXiv 2505.15781; ``window_block`` and ``window`` after Window-Diffusion, arXiv
-2601.20332) it decodes the same task prompts with LLaDA-style semi-AR blocks (``--block``),
+2601.20332; ``elastic``, Elastic-Cache, arXiv 2510.14973, its window of masks = the semi-AR
+block, so it decides what ``none`` decides) it decodes the same task prompts with LLaDA-style semi-AR blocks (``--block``),
 greedily, one token per step (LLaDA's low-confidence remasking, arXiv 2502.09992; the regime
 with the most cached steps) or with Fast-dLLM's threshold rule (``--threshold``), and reports
 
@@ -47,7 +48,7 @@ from bdiff.eval.tasks import format_table
 from bdiff.sampling import drift as drift_lib
 from bdiff.sampling import generate as gen
 
-MODES = ("none", "prefix", "dual", "dkv", "window_block", "window", "dkv_greedy")
+MODES = ("none", "prefix", "dual", "dkv", "window_block", "window", "dkv_greedy", "elastic")
 RANDOM_ORDER_MODES = ("dkv_greedy",)  # decoded under random remasking (see the docstring)
 COLUMNS = (("cache", "{}"), ("batch", "{}"), ("tok/s", "{:.1f}"), ("± sd", "{:.1f}"),
            ("× none", "{:.2f}"), ("forwards/row", "{:.2f}"), ("positions/row", "{:.1f}"),
@@ -71,6 +72,10 @@ def ladder_config(cfg, mode: str, block: int, threshold: float, rule_of: str = "
     rule = dict(strategy="static", steps=block, confidence="random")
   cfg.sample.update(block_size=block, temperature=0.0, cache=mode, cache_refresh=0,
                     commit="separate", **rule)  # fused commit: a block-causal setting
+  if mode == "elastic":  # Elastic-Cache decides in a window of masks: here the semi-AR block,
+    cfg.sample.window = block  # with one token per step as its top-k rule (fixed_k, k = 1)
+    if not threshold:
+      cfg.sample.update(strategy="fixed_k", k=1)
   return cfg
 
 
