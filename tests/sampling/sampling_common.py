@@ -14,6 +14,7 @@ import numpy as np
 from bdiff import masks
 from bdiff.config import base_config
 from bdiff.models import make_model
+from bdiff.sampling import generate as gen
 
 _SHARPEN = {"embed", "q", "k", "v", "o", "down"}
 
@@ -47,3 +48,11 @@ def full_attention_params(vocab: int):
 def random_prompts(vocab: int, width: int, rows: int = 4):
   """``[rows, width]`` int32 random prompt tokens (fixed key)."""
   return np.asarray(jax.random.randint(jax.random.key(1), (rows, width), 0, vocab), np.int32)
+
+
+def generate_rows(params, prompts, config, lengths, ids, rows=(0, 1, 2, 3)):
+  """Decode the chosen rows of a prompt batch (fixed key, per-row ids): numpy outputs."""
+  rows = np.asarray(rows)
+  out = gen.generate(params, prompts[rows], jax.random.key(3), config, lengths[rows],
+                     ids[rows])
+  return jax.tree.map(np.asarray, out)

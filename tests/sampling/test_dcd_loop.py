@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sampling_common import full_attention_params, random_prompts, sharpened_params, tiny_config
+from sampling_common import (full_attention_params, generate_rows, random_prompts,
+                             sharpened_params, tiny_config)
 
 from bdiff.sampling import dcd_cache
 from bdiff.sampling import generate as gen
@@ -103,10 +104,7 @@ def prompts():
 
 
 def run(params, prompts, config, rows=(0, 1, 2, 3)):
-  rows = np.asarray(rows)
-  out = gen.generate(params, prompts[rows], jax.random.key(3), config, LENGTHS[rows],
-                     IDS[rows])
-  return jax.tree.map(np.asarray, out)
+  return generate_rows(params, prompts, config, LENGTHS, IDS, rows)
 
 
 def test_one_layer_delayed_cache_is_exact(prompts):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sampling_common import full_attention_params, random_prompts, tiny_config
+from sampling_common import full_attention_params, generate_rows, random_prompts, tiny_config
 
 from bdiff import attention as attention_lib
 from bdiff import masks
@@ -123,10 +123,7 @@ def prompts():
 
 
 def run(params, prompts, config, rows=(0, 1, 2, 3)):
-  rows = np.asarray(rows)
-  out = gen.generate(params, prompts[rows], jax.random.key(3), config, LENGTHS[rows],
-                     IDS[rows])
-  return jax.tree.map(np.asarray, out)
+  return generate_rows(params, prompts, config, LENGTHS, IDS, rows)
 
 
 @pytest.fixture(scope="module")
