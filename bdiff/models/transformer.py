@@ -333,17 +333,18 @@ def two_stream_logits(model: Transformer, params, xt, x0, block_size: int, *,
     (noisy_logits [b, n, V], clean_logits [b, n, V] or None).
   """
   b, n = xt.shape
+  row_pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
   if block_size == n and positions is None and not (want_clean or context_causal):
     # One block (MDLM): the noisy half attends to itself only, so the clean half is dead
     # weight; skipping it halves the MLP work and quarters the attention work.
     seg = None if segment_ids is None else (segment_ids, segment_ids)
-    pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
-    return model.apply(params, xt, pos, masks_lib.block_causal(n, n, n), segment_ids=seg), None
+    return model.apply(params, xt, row_pos, masks_lib.block_causal(n, n, n),
+                       segment_ids=seg), None
   tokens = jnp.concatenate([xt, x0], axis=1)
   seg = None
   if positions is None:
     mask = masks_lib.BD3Training(n, block_size, context_causal=context_causal)
-    pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+    pos = row_pos
     if segment_ids is not None:
       both = jnp.concatenate([segment_ids, segment_ids], axis=1)
       seg = (both, both)
