@@ -206,6 +206,8 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--num_examples", type=int, default=96)
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--modes", default=",".join(MODES), help="comma-separated; none first")
+  parser.add_argument("--tasks", default=None,
+                      help="comma-separated task names (default: the run's eval.tasks)")
   parser.add_argument("--smoke", action="store_true")
   args = parser.parse_args(argv)
   args.modes = args.modes.split(",")
@@ -216,6 +218,7 @@ def main(argv=None) -> list[dict]:
   if args.smoke:
     args.num_examples, args.repeats = 3, 2
   cfg, params, tokenizer = bdiff.restore_params(args.workdir)
+  cfg.eval.tasks = args.tasks or cfg.eval.tasks
   rows = run(cfg, params, tokenizer, args)
   command = speed_bench.experiment_command("cache_ladder", argv)
   speed_bench.write_report(args.out, markdown(rows, cfg, args, command))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import sys
 
 import numpy as np
 
@@ -153,19 +152,22 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--num_examples", type=int, default=96)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--tasks", default=None,
+                      help="comma-separated task names (default: the runs' shared eval.tasks)")
   parser.add_argument("--smoke", action="store_true")
   args = parser.parse_args(argv)
   if args.smoke:
     args.num_examples, args.batch, args.repeats = 3, 2, 1
   block, full = bdiff.restore_params(args.block_run), bdiff.restore_params(args.full_run)
+  if args.tasks:
+    block[0].eval.tasks = full[0].eval.tasks = args.tasks
   if block[0].eval.tasks != full[0].eval.tasks:
     raise ValueError(f"--block_run evaluates {block[0].eval.tasks!r} but --full_run "
                      f"{full[0].eval.tasks!r}: the runs must share a task")
   args.block = args.block or block[0].diffusion.block_size
   rows = run(block, full, args)
   print(format_table(rows, COLUMNS), flush=True)
-  command = "python -m experiments.exact_vs_cached " + " ".join(
-      argv if argv is not None else sys.argv[1:])
+  command = speed_bench.experiment_command("exact_vs_cached", argv)
   speed_bench.write_report(args.out, markdown(rows, block[0], full[0], args, command))
   return rows
 

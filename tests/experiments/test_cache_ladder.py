@@ -33,7 +33,7 @@ def test_smoke_run_reports_every_mode(tmp_path, monkeypatch):
   out = tmp_path / "ladder.md"
   modes = ("none", "dkv")  # one approximate rung keeps the compiles few
   rows = cache_ladder.main(["--workdir", "a", "--out", str(out), "--smoke", "--block", "4",
-                            "--modes", ",".join(modes)])
+                            "--modes", ",".join(modes), "--tasks", "sort"])
   assert [(r["cache"], r["batch"]) for r in rows] == [(m, b) for b in (1, 2) for m in modes]
   by = {(r["cache"], r["batch"]): r for r in rows}
   assert by["none", 1]["drift"] == 0.0 and by["none", 1]["× none"] == 1.0
@@ -44,6 +44,7 @@ def test_smoke_run_reports_every_mode(tmp_path, monkeypatch):
   text = out.read_text()
   assert "Command: `python -m experiments.cache_ladder --workdir a" in text
   assert "| dkv | 2 |" in text and "mean ± s.d. over 2 rounds" in text
+  assert "prompts of sort " in text  # --tasks replaces the run's eval.tasks (copy,reverse)
 
 
 def test_refuses_bad_modes():
