@@ -42,6 +42,7 @@ import numpy as np
 import bdiff
 from bdiff import runs
 from bdiff.data import tasks as tasks_lib
+from bdiff import data as bdiff_data
 from bdiff.data import task_names
 from bdiff.eval import speed_bench, stats
 from bdiff.eval.tasks import format_table
@@ -79,9 +80,12 @@ def ladder_config(cfg, mode: str, block: int, threshold: float, rule_of: str = "
   return cfg
 
 
-def examples(tasks: list[str], n: int, seed: int) -> list[tuple]:
-  """``n`` (task, example) pairs, the tasks interleaved so any prefix mixes them."""
-  per = [[(t, ex) for ex in tasks_lib.make_examples(t, -(-n // len(tasks)), seed)]
+def examples(tasks: list[str], n: int, seed: int, *cfgs) -> list[tuple]:
+  """``n`` (task, example) pairs, the tasks interleaved so any prefix mixes them, none with a
+  prompt that the runs of ``cfgs`` trained on."""
+  seen = [bdiff_data.training_prompts(c.data, c.train.seed) for c in cfgs]
+  per = [[(t, ex) for ex in tasks_lib.held_out_examples(
+      t, -(-n // len(tasks)), seed, frozenset().union(*(s.get(t, ()) for s in seen)))]
          for t in tasks]
   return [pair for group in zip(*per) for pair in group][:n]
 
@@ -142,7 +146,7 @@ def time_side_by_side(samplers: dict, calls: dict, prompts, lengths, batch: int,
 
 def run(cfg, params, tokenizer, args) -> list[dict]:
   """Every mode at every batch size: one row each (see the module docstring)."""
-  pairs = examples(task_names(cfg.eval.tasks), args.num_examples, cfg.eval.seed)
+  pairs = examples(task_names(cfg.eval.tasks), args.num_examples, cfg.eval.seed, cfg)
   modes = args.modes
   samplers = {m: runs.Sampler(ladder_config(cfg, m, args.block, args.threshold), params,
                               tokenizer, use_mesh=False) for m in modes}

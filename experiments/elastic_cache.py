@@ -50,7 +50,7 @@ def elastic_config(cfg, gamma: float | None, args):
 
 
 def run(cfg, params, tokenizer, args) -> list[dict]:
-  pairs = ladder.examples(task_names(cfg.eval.tasks), args.num_examples, cfg.eval.seed)
+  pairs = ladder.examples(task_names(cfg.eval.tasks), args.num_examples, cfg.eval.seed, cfg)
   names = ["none"] + [f"elastic@{g}" for g in args.gammas]
   samplers = {n: runs.Sampler(elastic_config(cfg, g, args), params,
                               tokenizer, use_mesh=False)

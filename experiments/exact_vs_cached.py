@@ -92,7 +92,8 @@ def compare(row: dict, ref: dict, rate, ref_rate) -> dict:
 def run(block, full, args) -> list[dict]:
   """Decode every configuration on the same prompts, then time them side by side."""
   cfg = full[0]
-  pairs = ladder.examples(task_names(cfg.eval.tasks), args.num_examples, cfg.eval.seed)
+  pairs = ladder.examples(task_names(cfg.eval.tasks), args.num_examples, cfg.eval.seed,
+                          block[0], full[0])
   samplers = build_samplers(block, full, args)
   prompts, lengths = ladder.prompt_batch(next(iter(samplers.values())), pairs)
   calls = {k: ladder.compile_sampler(s, prompts, args.batch) for k, s in samplers.items()}

@@ -62,7 +62,7 @@ def padded(prompts: np.ndarray, lengths: np.ndarray, pad: int, eos: int):
 
 
 def run(cfg, params, tokenizer, args) -> list[dict]:
-  pairs = ladder.examples(task_names(cfg.eval.tasks), args.num_examples, cfg.eval.seed)
+  pairs = ladder.examples(task_names(cfg.eval.tasks), args.num_examples, cfg.eval.seed, cfg)
   rows = []
   for threshold in args.thresholds:
     rule = f"threshold {threshold}" if threshold else "1 token/step"

@@ -52,7 +52,8 @@ def densities(sampler, call, prompts, lengths, n: int, batch: int) -> np.ndarray
 
 
 def run(cfg, params, tokenizer, args) -> list[dict]:
-  pairs = cache_ladder.examples(task_names(cfg.eval.tasks), args.num_examples, cfg.eval.seed)
+  pairs = cache_ladder.examples(task_names(cfg.eval.tasks), args.num_examples, cfg.eval.seed,
+                               cfg)
   dense = runs.Sampler(sparsed_config(cfg, args.block, None, 0, 0.0), params, tokenizer,
                        use_mesh=False)
   prompts, lengths = cache_ladder.prompt_batch(dense, pairs)

@@ -56,6 +56,15 @@ def task_names(tasks: str | Sequence[str]) -> list[str]:
   return [n.strip() for n in names if n.strip()]
 
 
+def training_prompts(cfg: Config, seed: int) -> dict[str, frozenset[str]]:
+  """Each task's training prompts in a ``source="tasks"`` run (``seed`` = its train.seed);
+  empty for every other source. Evaluation skips these (``tasks.held_out_examples``)."""
+  if cfg.source != "tasks":
+    return {}
+  return {name: frozenset(ex.prompt for ex in tasks_lib.make_examples(
+      name, cfg.num_task_examples, seed)) for name in task_names(cfg.tasks)}
+
+
 def _check(ok: bool, message: str) -> None:
   if not ok:
     raise ValueError(message)

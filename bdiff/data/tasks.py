@@ -30,7 +30,7 @@ import functools
 import itertools
 import re
 import zlib
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 
@@ -469,6 +469,28 @@ def make_examples(task: str | Task, n: int, seed: int) -> list[Example]:
   # The name enters the seed so that tasks drawn with one seed are independent.
   rng = np.random.default_rng([seed, zlib.crc32(task.name.encode())])
   return [task.generate(rng) for _ in range(n)]
+
+
+def held_out_examples(task: str | Task, n: int, seed: int,
+                      seen: Collection[str] = ()) -> list[Example]:
+  """The first `n` examples of `task`'s stream for `seed` whose prompts are not in `seen`.
+
+  `seen` is a run's training prompts (`bdiff.data.training_prompts`): with short lists most
+  prompts recur across independent draws (a 4-digit list has 10^4 values), so an evaluation
+  drawn with another seed still meets ~8 % of its prompts in training. Skipping them keeps the
+  set deterministic (the stream is `make_examples`') and held out in fact, not only by seed.
+  """
+  task = get_task(task)
+  drawn = n
+  while True:
+    kept = [ex for ex in make_examples(task, drawn, seed) if ex.prompt not in seen]
+    if len(kept) >= n:
+      return kept[:n]
+    if drawn >= 64 * n:
+      raise ValueError(f"task {task.name!r}: only {len(kept)} of {drawn} examples drawn with "
+                       f"seed {seed} have prompts unseen in training, fewer than the {n} "
+                       "asked for; lower eval.num_examples")
+    drawn *= 2
 
 
 def task_documents(task_names: Sequence[str], n_per_task: int, seed: int) -> list[str]:

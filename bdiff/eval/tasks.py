@@ -1,7 +1,8 @@
 """Task evaluation: decode the synthetic task suite and score exact answers (``bdiff eval``).
 
 For each task (``bdiff.data.tasks``, after ParallelBench, arXiv 2510.04767): ``eval.num_examples``
-examples drawn with ``eval.seed``, decoded with the configured ``sample.*`` strategy in batches
+examples drawn with ``eval.seed``, skipping any whose prompt the run trained on (a task-suite
+run's training prompts are regenerated from its config: ``data.training_prompts``), decoded with the configured ``sample.*`` strategy in batches
 of ``eval.batch_size``, scored leniently and strictly. Reported per task: the number of examples
 ``n``, accuracy (lenient, %) with its Wilson 95 % interval (``bdiff.eval.stats``), strict
 accuracy, tokens per forward (generated tokens / (denoising + commit forwards), summed over
@@ -12,12 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Sequence
+from typing import Collection, Sequence
 
 from bdiff import distributed
 from bdiff import runs as run_lib
 from bdiff.data import tasks as tasks_lib
-from bdiff.data.pipeline import task_names
+from bdiff.data.pipeline import task_names, training_prompts
 from bdiff.eval import stats
 
 log = logging.getLogger("bdiff")
@@ -47,12 +48,14 @@ def _warn_if_truncated(sampler: run_lib.Sampler, task: str,
 
 
 def evaluate_task(sampler: run_lib.Sampler, task: str, num_examples: int, seed: int,
-                  batch_size: int, *, progress: bool = False) -> dict:
-  """Decode and score ``num_examples`` examples of one task; returns its summary row."""
+                  batch_size: int, *, seen: Collection[str] = (),
+                  progress: bool = False) -> dict:
+  """Decode and score ``num_examples`` examples of one task whose prompts are not in ``seen``
+  (the run's training prompts); returns its summary row."""
   if num_examples <= 0:
     raise ValueError(f"eval.num_examples must be positive, got {num_examples}")
   task_obj = tasks_lib.get_task(task)
-  examples = tasks_lib.make_examples(task_obj, num_examples, seed)
+  examples = tasks_lib.held_out_examples(task_obj, num_examples, seed, seen)
   _warn_if_truncated(sampler, task_obj.name, examples)
   records = sampler.sample([ex.prompt for ex in examples], batch_size=batch_size,
                            progress=progress)
@@ -66,9 +69,10 @@ def evaluate_task(sampler: run_lib.Sampler, task: str, num_examples: int, seed: 
 
 def evaluate(sampler: run_lib.Sampler, tasks: Sequence[str], num_examples: int, seed: int,
              batch_size: int, *, progress: bool = False) -> list[dict]:
-  """:func:`evaluate_task` for every task, in order."""
-  return [evaluate_task(sampler, t, num_examples, seed, batch_size, progress=progress)
-          for t in tasks]
+  """:func:`evaluate_task` for every task, in order, each held out from the sampler's run."""
+  seen = training_prompts(sampler.cfg.data, sampler.cfg.train.seed)
+  return [evaluate_task(sampler, t, num_examples, seed, batch_size, seen=seen.get(t, ()),
+                        progress=progress) for t in tasks]
 
 
 def pool(rows: Sequence[dict], name: str = "all") -> dict:
@@ -106,7 +110,8 @@ def main(cfg, workdir: str, tasks: str | None = None) -> list[dict]:
   print(format_table(rows + [pool(rows)] if len(rows) > 1 else rows))
   print(f"strategy={sampler.config.strategy.name} block={sampler.config.block_size} "
         f"compile {sampler.compile_seconds:.1f}s (excluded); ci95 = Wilson 95 % interval "
-        f"of the accuracy over n examples")
+        f"of the accuracy over n examples (eval.seed {e.seed}; prompts seen in training "
+        f"skipped)")
   with open(os.path.join(workdir, "eval_tasks.jsonl"), "a", encoding="utf-8") as f:
     for row in rows:
       f.write(json.dumps({**row, "sample": sampler.cfg.sample.to_dict()}) + "\n")

@@ -283,3 +283,20 @@ def test_latin_square_accepts_any_valid_square_and_rejects_near_misses():
 
 def _grid_ok_over(rows, sym):
   return all(set(r) == sym for r in rows) and all(set(c) == sym for c in zip(*rows))
+
+
+def test_held_out_examples_skip_seen_prompts_and_keep_the_stream_order():
+  stream = tasks.make_examples("sort", 40, 3)
+  seen = {ex.prompt for ex in stream[::2]}
+  held = tasks.held_out_examples("sort", 10, 3, seen)
+  assert held == [ex for ex in stream if ex.prompt not in seen][:10]
+  assert tasks.held_out_examples("sort", 10, 3) == stream[:10]  # nothing seen: the stream
+
+
+def test_held_out_examples_name_the_task_when_too_few_are_unseen():
+  class Everything(set):
+    def __contains__(self, item):
+      return True
+
+  with pytest.raises(ValueError, match="'copy'.*unseen in training.*eval.num_examples"):
+    tasks.held_out_examples("copy", 4, 0, Everything())

@@ -80,6 +80,27 @@ def test_correct_answers_score_full_marks(params):
   assert row["accuracy"] == 100.0 and row["strict"] == 100.0
 
 
+def test_eval_skips_the_prompts_its_run_trained_on(params):
+  """A task-suite run's evaluation is held out: drawn with the training seed itself (the worst
+  case), it must still score no prompt the run trained on."""
+  cfg = tiny_cfg()
+  cfg.data.update(source="tasks", tasks="sort", num_task_examples=6)
+  cfg.train.seed = 1
+  asked = []
+
+  class Recorder(run.Sampler):
+    def sample(self, texts, **kw):
+      asked.extend(texts)
+      return [dict(text="", num_tokens=1, num_forwards=1, seconds=1.0) for _ in texts]
+
+  rows = eval_tasks.evaluate(Recorder(cfg, params, ByteTokenizer()), ["sort", "copy"], 4, 1, 4)
+  trained = {ex.prompt for ex in eval_tasks.tasks_lib.make_examples("sort", 6, 1)}
+  assert [r["n"] for r in rows] == [4, 4] and len(asked) == 8
+  assert not trained & set(asked[:4])
+  # copy was not trained on: its examples are the plain stream for the seed.
+  assert asked[4:] == [ex.prompt for ex in eval_tasks.tasks_lib.make_examples("copy", 4, 1)]
+
+
 def test_pool_sums_counts_and_recomputes_the_interval():
   rows = [eval_tasks._summary("a", 3, 2, 4, tokens=12, forwards=6, seconds=1.0),
           eval_tasks._summary("b", 1, 1, 4, tokens=8, forwards=4, seconds=1.0)]
