@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from bdiff import mask_ranges
 from bdiff import masks as masks_lib
 from pallas_kernels.block_sparse_attention import api
+from pallas_kernels.block_sparse_attention import reference as bsa_reference
 
 IMPLS = ("xla", "cudnn", "pallas", "tokamax")
 
@@ -311,6 +312,23 @@ def attend(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=Non
 # Attention over disjoint key sets, merged through the log-sum-exp (FlashBlock caching).
 
 LSE_IMPLS = ("xla", "pallas")  # backends that return (O, LSE)
+
+
+def attend_under_plan(q, k, v, mask, plan, *, impl: str = "xla", backend: str | None = None,
+                      segment_ids=None):
+  """Attention restricted to a runtime block-sparse ``plan`` (per-row, per-head key tiles).
+
+  ``impl="pallas"`` runs the block-sparse kernels on the plan itself (only the listed tiles
+  are computed; ``backend`` as in :func:`pallas_attention`); every other impl gets the plan's
+  dense bool mask (same result, dense cost). The plan already holds the whole pattern, so the
+  static mask must be full attention.
+  """
+  if not (mask is None or isinstance(mask, masks_lib.Full)):
+    raise ValueError("a sparsity plan replaces the attention mask: it needs full attention "
+                     f"(mask None or bdiff.masks.Full), got {type(mask).__name__}")
+  if impl == "pallas":
+    return api.block_sparse_attention(q, k, v, plan, segment_ids=segment_ids, backend=backend)
+  return attend(q, k, v, bsa_reference.dense_mask(plan), impl=impl, segment_ids=segment_ids)
 
 
 def attend_with_lse(q, k, v, mask=None, *, impl: str = "xla", segment_ids=None, scale=None,

@@ -14,9 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from bdiff import attention as attention_lib
-from bdiff import masks as masks_lib
-from pallas_kernels.block_sparse_attention import api as bsa_api
-from pallas_kernels.block_sparse_attention import reference as bsa_reference
 
 Array = jax.Array
 
@@ -89,24 +86,6 @@ def apply_rope(x: Array, positions: Array, theta: float, scaling=None) -> Array:
   return out.astype(x.dtype)
 
 
-def attend_under_plan(cfg, q, k, v, mask, plan, segment_ids):
-  """Attention restricted to a runtime block-sparse ``plan`` (per-row, per-head key tiles).
-
-  ``model.attention_impl="pallas"`` runs the block-sparse kernels on the plan itself (only
-  the listed tiles are computed); every other impl gets the plan's dense bool mask (same
-  result, dense cost). The plan already holds the whole pattern, so the static mask must be
-  full attention.
-  """
-  if not (mask is None or isinstance(mask, masks_lib.Full)):
-    raise ValueError("a sparsity plan replaces the attention mask: it needs full attention "
-                     f"(mask None or bdiff.masks.Full), got {type(mask).__name__}")
-  if cfg.attention_impl == "pallas":
-    return bsa_api.block_sparse_attention(q, k, v, plan, segment_ids=segment_ids,
-                                          backend=cfg.pallas_backend or None)
-  return attention_lib.attend(q, k, v, bsa_reference.dense_mask(plan),
-                              impl=cfg.attention_impl, segment_ids=segment_ids)
-
-
 class Attention(nn.Module):
   """Grouped-query self-attention with optional qk-norm and an optional prefix KV cache.
 
@@ -151,7 +130,9 @@ class Attention(nn.Module):
           q, new_kv, cache, mask, ext=attn_ext, impl=cfg.attention_impl,
           segment_ids=segment_ids, backend=cfg.pallas_backend or None)
     elif plan is not None:
-      out = attend_under_plan(cfg, q, k, v, mask, plan, segment_ids)
+      out = attention_lib.attend_under_plan(q, k, v, mask, plan, impl=cfg.attention_impl,
+                                            backend=cfg.pallas_backend or None,
+                                            segment_ids=segment_ids)
     else:
       out = attention_lib.attend(q, k, v, mask, impl=cfg.attention_impl,
                                  segment_ids=segment_ids, backend=cfg.pallas_backend or None)

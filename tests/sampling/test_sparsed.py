@@ -17,7 +17,6 @@ from sampling_common import full_attention_params, generate_rows, random_prompts
 from bdiff import attention as attention_lib
 from bdiff import masks
 from bdiff import runs
-from bdiff.models import layers
 from bdiff.sampling import generate as gen
 from bdiff.sampling import sparsed
 from bdiff.sampling.config import validate_run_sample_config
@@ -77,7 +76,7 @@ def test_pattern_matches_numpy_rule():
 
 
 def test_pallas_plan_equals_masked_xla():
-  """A layer's attention under a runtime plan (per row and head): the Pallas kernel in
+  """Attention under a runtime plan (per row and head): the Pallas kernel in
   interpret mode (only the listed tiles computed) equals the xla path under the plan's dense
   mask, with segment ids hiding a row's tail; the plan really masks (output moves)."""
   b, s, h, hkv, d, tile = 2, 16, 2, 1, 8, 8
@@ -90,15 +89,14 @@ def test_pallas_plan_equals_masked_xla():
                                       capacity=s // tile)
   seg = (jnp.ones((b, s), jnp.int32),
          (jnp.arange(s)[None, :] < jnp.array([[16], [11]])).astype(jnp.int32))
-  cfg = lambda impl: types.SimpleNamespace(attention_impl=impl,  # noqa: E731
-                                           pallas_backend="tpu_interpret")
-  kernel = layers.attend_under_plan(cfg("pallas"), q, k, v, masks.full(s, s), plan, seg)
-  dense = layers.attend_under_plan(cfg("xla"), q, k, v, None, plan, seg)
+  kernel = attention_lib.attend_under_plan(q, k, v, masks.full(s, s), plan, impl="pallas",
+                                           backend="tpu_interpret", segment_ids=seg)
+  dense = attention_lib.attend_under_plan(q, k, v, None, plan, segment_ids=seg)
   np.testing.assert_allclose(np.asarray(kernel), np.asarray(dense), atol=1e-5, rtol=1e-5)
   full = attention_lib.attend(q, k, v, None, segment_ids=seg)
   assert np.abs(np.asarray(dense) - np.asarray(full)).max() > 1e-2
   with pytest.raises(ValueError, match="sparsity plan replaces the attention mask"):
-    layers.attend_under_plan(cfg("xla"), q, k, v, masks.causal(s), plan, seg)
+    attention_lib.attend_under_plan(q, k, v, masks.causal(s), plan, segment_ids=seg)
 
 
 def sampler(**sample):
