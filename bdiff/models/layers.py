@@ -119,9 +119,6 @@ class Attention(nn.Module):
     q = apply_rope(q, positions, cfg.rope_theta, cfg.rope_scaling)
     k = apply_rope(k, positions, cfg.rope_theta, cfg.rope_scaling)
     new_kv = (k, v)  # post-RoPE keys at absolute positions: what a cache stores
-    if cache is not None:
-      k = jnp.concatenate([cache[0].astype(k.dtype), k], axis=1)
-      v = jnp.concatenate([cache[1].astype(v.dtype), v], axis=1)
     self.sow("intermediates", "attn_q", q)  # a no-op unless "intermediates" is mutable
     mask = self.static_mask if dyn_mask is None else dyn_mask
     ext = None
@@ -129,19 +126,27 @@ class Attention(nn.Module):
       out, ext = attention_lib.attend_split(
           q, new_kv, cache, mask, ext=attn_ext, impl=cfg.attention_impl,
           segment_ids=segment_ids, backend=cfg.pallas_backend or None)
-    elif plan is not None:
+      return self._project(out, dtype), new_kv, ext
+    if cache is not None:  # one key sequence: the cache, then this call's keys
+      k = jnp.concatenate([cache[0].astype(k.dtype), k], axis=1)
+      v = jnp.concatenate([cache[1].astype(v.dtype), v], axis=1)
+    if plan is not None:
       out = attention_lib.attend_under_plan(q, k, v, mask, plan, impl=cfg.attention_impl,
                                             backend=cfg.pallas_backend or None,
                                             segment_ids=segment_ids)
     else:
       out = attention_lib.attend(q, k, v, mask, impl=cfg.attention_impl,
                                  segment_ids=segment_ids, backend=cfg.pallas_backend or None)
-    out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=False, dtype=dtype,
-                          param_dtype=jnp.float32,
-                          kernel_init=init_with_axes(("heads", "head_dim", "embed"),
-                                            fan_in_axes=(0, 1)),
-                          name="o")(out)
+    out = self._project(out, dtype)
     return (out, new_kv, ext) if self.split_ext else (out, new_kv)
+
+  def _project(self, out, dtype):
+    """The output projection ``o`` over (heads, head_dim)."""
+    return nn.DenseGeneral(self.config.d_model, axis=(-2, -1), use_bias=False, dtype=dtype,
+                           param_dtype=jnp.float32,
+                           kernel_init=init_with_axes(("heads", "head_dim", "embed"),
+                                             fan_in_axes=(0, 1)),
+                           name="o")(out)
 
 
 class SwiGLU(nn.Module):
