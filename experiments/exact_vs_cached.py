@@ -118,7 +118,8 @@ def run(block, full, args) -> list[dict]:
 def markdown(rows: list[dict], block_cfg, full_cfg, args, command: str) -> str:
   def describe(c, run_dir):
     return (f"`{run_dir}` ({c.name}, block {c.diffusion.block_size}, {c.model.n_layers} layers, "
-            f"d={c.model.d_model}, {c.train.steps} steps on {c.data.tasks})")
+            f"d={c.model.d_model}, {speed_bench.trained_steps(c, run_dir)} steps on "
+            f"{c.data.tasks})")
   return "\n".join([
       f"# Exact block model vs full-attention model + approximate cache ({full_cfg.eval.tasks})",
       "",

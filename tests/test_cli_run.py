@@ -8,6 +8,7 @@ import pytest
 from bdiff import config as config_lib
 from bdiff import runs
 from bdiff import sharding as sharding_lib
+from bdiff.eval import speed_bench
 from bdiff.train import checkpointing
 from bdiff.train import state as state_lib
 
@@ -122,3 +123,12 @@ def test_a_run_without_checkpoint_is_named_and_left_as_it_was(capsys, tmp_path, 
   code, _, err = call(capsys, "bench", "--workdir", tmp_path)
   assert code == 1 and "no checkpoint under" in one_line_error(err)
   assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_experiment_reports_name_the_checkpoint_step_not_the_schedule(workdir):
+  """A run stopped early (or resumed on a longer schedule) is described by the step of the
+  weights it loads; ``train.steps`` only when there is no checkpoint."""
+  cfg = runs.run_config(str(workdir))
+  assert cfg.train.steps != 1
+  assert speed_bench.trained_steps(cfg, str(workdir)) == 1
+  assert speed_bench.trained_steps(cfg, str(workdir / "elsewhere")) == cfg.train.steps

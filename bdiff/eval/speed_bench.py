@@ -29,6 +29,7 @@ from bdiff.eval.tasks import format_table
 from bdiff.models import make_model
 from bdiff.sampling import config as sample_config
 from bdiff.sampling import generate as gen
+from bdiff.train import checkpointing
 
 COLUMNS = (("setting", "{}"), ("batch", "{}"), ("tok/s", "{:.1f}"), ("± sd", "{:.1f}"),
            ("tok/fwd", "{:.2f}"),
@@ -151,11 +152,21 @@ def write_report(path: str, text: str) -> None:
   print(text)
 
 
+def trained_steps(cfg, workdir: str) -> int:
+  """The step of the run's newest checkpoint, the weights ``restore_params`` loads: a run
+  stopped early or resumed on a longer schedule differs from its ``train.steps``, which is
+  the answer only when there is no checkpoint to read (a stand-in run)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return cfg.train.steps
+  step = checkpointing.manager(workdir, create=False).latest_step()
+  return cfg.train.steps if step is None else step
+
+
 def run_header(title: str, cfg, workdir: str, command: str, after: str = ".") -> list[str]:
   """An experiment report's opening lines: title, the trained run it measured, the command,
   and the date and machine (followed by ``after``)."""
   return [f"# {title}", "",
-          f"Model: trained {cfg.train.steps} steps on data.source={cfg.data.source} "
+          f"Model: trained {trained_steps(cfg, workdir)} steps on data.source={cfg.data.source} "
           f"(tasks: {cfg.data.tasks}), run `{workdir}`.", "",
           f"Command: `{command}`", "",
           f"{datetime.date.today().isoformat()} on {machine()}{after}"]
