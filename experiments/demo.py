@@ -27,7 +27,7 @@ import tqdm
 
 import bdiff
 from bdiff import sharding
-from bdiff.data import get_task, make_examples, task_names
+from bdiff.data import get_task, held_out_examples, task_names, training_prompts
 from bdiff.eval import speed_bench
 from bdiff.eval import tasks as eval_tasks
 from bdiff.models import count_params
@@ -127,8 +127,9 @@ def decode_all(cfg, params, tokenizer) -> list[dict]:
 
 def show_samples(cfg, params, tokenizer, label: str, overrides: dict) -> None:
   sampler = bdiff.Sampler(strategy_config(cfg, overrides), params, tokenizer, use_mesh=False)
+  seen = training_prompts(cfg.data, cfg.train.seed)  # show prompts the model never trained on
   examples = [(get_task(name), ex) for name in task_names(cfg.eval.tasks)
-              for ex in make_examples(get_task(name), 3, seed=cfg.eval.seed + 1)]
+              for ex in held_out_examples(name, 3, cfg.eval.seed + 1, seen.get(name, ()))]
   print(f"== samples, {label}:")
   records = sampler.sample([ex.prompt for _, ex in examples])
   for (task, ex), rec in zip(examples, records):
