@@ -90,9 +90,14 @@ def plot(rows: list[dict], path: str) -> None:
   tasks = list(dict.fromkeys(r["task"] for r in rows))
   models = list(dict.fromkeys(r["model"] for r in rows))
   curves = list(dict.fromkeys(r["curve"] for r in rows))
-  cols = min(4, len(tasks))
-  fig, axes = plt.subplots(math.ceil(len(tasks) / cols), cols, squeeze=False,
-                           figsize=(3.4 * cols, 2.9 * math.ceil(len(tasks) / cols)))
+  cols, rows_of_panels = min(4, len(tasks)), math.ceil(len(tasks) / min(4, len(tasks)))
+  # The legend sits under the panels, as wide as they are (one panel, a single task, gets two
+  # columns of entries), and the figure grows by its height instead of squeezing the panels.
+  entries = len(models) * len(curves)
+  ncol = min(5, entries, 2 * cols)
+  legend_inches = 0.2 * math.ceil(entries / ncol) + 0.1
+  fig, axes = plt.subplots(rows_of_panels, cols, squeeze=False,
+                           figsize=(3.4 * cols, 2.9 * rows_of_panels + legend_inches))
   for ax, task in zip(axes.flat, tasks):
     for m, model in enumerate(models):
       for c, curve in enumerate(curves):
@@ -108,9 +113,9 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_ylabel("accuracy (%)", fontsize=8)
   for ax in list(axes.flat)[len(tasks):]:
     ax.axis("off")
-  fig.legend(loc="lower center", ncol=min(5, len(models) * len(curves)), fontsize=7)
-  fig.tight_layout(rect=(0, 0.06 * len(models), 1, 1))
-  fig.savefig(path, dpi=110)
+  fig.legend(loc="lower center", ncol=ncol, fontsize=7)
+  fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
+  fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
 
 
