@@ -42,8 +42,7 @@ import numpy as np
 import bdiff
 from bdiff import runs
 from bdiff.data import tasks as tasks_lib
-from bdiff import data as bdiff_data
-from bdiff.data import task_names
+from bdiff.data import task_names, training_prompts
 from bdiff.eval import speed_bench, stats
 from bdiff.eval.tasks import format_table
 from bdiff.sampling import drift as drift_lib
@@ -83,7 +82,7 @@ def ladder_config(cfg, mode: str, block: int, threshold: float, rule_of: str = "
 def examples(tasks: list[str], n: int, seed: int, *cfgs) -> list[tuple]:
   """``n`` (task, example) pairs, the tasks interleaved so any prefix mixes them, none with a
   prompt that the runs of ``cfgs`` trained on."""
-  seen = [bdiff_data.training_prompts(c.data, c.train.seed) for c in cfgs]
+  seen = [training_prompts(c.data, c.train.seed) for c in cfgs]
   per = [[(t, ex) for ex in tasks_lib.held_out_examples(
       t, -(-n // len(tasks)), seed, frozenset().union(*(s.get(t, ()) for s in seen)))]
          for t in tasks]

@@ -12,6 +12,7 @@ __all__ = [
     "ByteTokenizer", "DataBundle", "Example", "GridTask", "HFTokenizer", "ListTask", "TASKS",
     "Task", "TokenLoader", "Tokenizer", "build_data", "default_data_config", "get_task",
     "get_tokenizer", "held_out_examples", "make_examples", "open_tokens", "prepare",
-    "segment_ids_and_positions", "stdlib_documents", "stdlib_fingerprint", "stdlib_paths", "task_documents", "task_names",
-    "tokenize_documents", "training_prompts", "validate_data_config",
+    "segment_ids_and_positions", "stdlib_documents", "stdlib_fingerprint", "stdlib_paths",
+    "task_documents", "task_names", "tokenize_documents", "training_prompts",
+    "validate_data_config",
 ]

@@ -2,11 +2,12 @@
 
 For each task (``bdiff.data.tasks``, after ParallelBench, arXiv 2510.04767): ``eval.num_examples``
 examples drawn with ``eval.seed``, skipping any whose prompt the run trained on (a task-suite
-run's training prompts are regenerated from its config: ``data.training_prompts``), decoded with the configured ``sample.*`` strategy in batches
-of ``eval.batch_size``, scored leniently and strictly. Reported per task: the number of examples
-``n``, accuracy (lenient, %) with its Wilson 95 % interval (``bdiff.eval.stats``), strict
-accuracy, tokens per forward (generated tokens / (denoising + commit forwards), summed over
-rows) and tokens per second (generated tokens / decode wall time, compilation excluded).
+run's training prompts are regenerated from its config: ``data.training_prompts``), decoded
+with the configured ``sample.*`` strategy in batches of ``eval.batch_size``, scored leniently
+and strictly. Reported per task: the number of examples ``n``, accuracy (lenient, %) with its
+Wilson 95 % interval (``bdiff.eval.stats``), strict accuracy, tokens per forward (generated
+tokens / (denoising + commit forwards), summed over rows) and tokens per second (generated
+tokens / decode wall time, compilation excluded).
 """
 from __future__ import annotations
 
