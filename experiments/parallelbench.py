@@ -90,7 +90,8 @@ def plot(rows: list[dict], path: str) -> None:
   tasks = list(dict.fromkeys(r["task"] for r in rows))
   models = list(dict.fromkeys(r["model"] for r in rows))
   curves = list(dict.fromkeys(r["curve"] for r in rows))
-  cols, rows_of_panels = min(4, len(tasks)), math.ceil(len(tasks) / min(4, len(tasks)))
+  cols = min(4, len(tasks))
+  rows_of_panels = math.ceil(len(tasks) / cols)
   # The legend sits under the panels, as wide as they are (one panel, a single task, gets two
   # columns of entries), and the figure grows by its height instead of squeezing the panels.
   entries = len(models) * len(curves)
