@@ -48,6 +48,11 @@ STRICT_CHOICES = ("auto", "true", "false")
 # runtime, a block-causal model's blocks have the size it was trained with.
 UNSUPPORTED_STRATEGIES = ("adablock",)
 ADAPTIVE_BLOCK_CACHES = ("none", "prefix", "dual")  # caches that follow AdaBlock's block end
+# The knobs only some caches read. Set off its default under another mode, a knob would be
+# ignored without a word, so validation refuses it.
+MODE_KNOBS = {"window_tokens": ("window",), "active_tokens": ("window",),
+              "dkv_window_size": ("dkv_greedy",), "cache_gamma": ELASTIC_CACHES,
+              "cache_track": ELASTIC_CACHES, "cache_delay": DCD_CACHES}
 
 _LOOP_DEFAULTS = dict(
     max_new_tokens=64,
@@ -236,6 +241,16 @@ def _check_cache(cfg, full_attention: bool) -> None:
                      f"approximate caches {APPROXIMATE_CACHES}, not sample.cache={mode!r}")
 
 
+def _check_mode_knobs(cfg, mode: str) -> None:
+  """A mode-specific knob (``MODE_KNOBS``) off its default names a mode that reads it."""
+  for key, modes in MODE_KNOBS.items():
+    value, default = cfg.get(key, _LOOP_DEFAULTS[key]), _LOOP_DEFAULTS[key]
+    if value != default and mode not in modes:
+      raise ValueError(f"sample.{key}={value!r} only applies to sample.cache in {modes}, "
+                       f"not sample.cache={mode!r}, which would ignore it; leave it at its "
+                       f"default {default!r}")
+
+
 def _check_full_attention(cfg) -> None:
   """Keys of the block-causal loop that a full-attention model cannot honour."""
   if cfg.commit != "separate":
@@ -288,9 +303,6 @@ def _check_dcd_cache(cfg, scfg, mode: str) -> None:
   """DCD's cache follows the ``dcd`` strategy's window and refreshes by decoded count."""
   if not isinstance(cfg.cache_delay, int) or cfg.cache_delay < 0:
     raise ValueError(f"sample.cache_delay must be an integer >= 0, got {cfg.cache_delay!r}")
-  if cfg.cache_delay and mode not in DCD_CACHES:
-    raise ValueError(f"sample.cache_delay={cfg.cache_delay} only applies to DCD's caches "
-                     f"{DCD_CACHES}, not sample.cache={mode!r}")
   if mode not in DCD_CACHES:
     return
   if scfg.name != "dcd":
@@ -404,6 +416,7 @@ def validate_sample_config(cfg, block_size: int, token_shift: bool | None = None
   _check_sparse_attention(cfg, full_attention, mode, attention_impl)
   _check_flashblock(cfg, mode, attention_impl)
   _check_elastic(cfg, scfg, mode)
+  _check_mode_knobs(cfg, mode)
   if token_shift is False and cfg.first_token_from_commit:
     raise ValueError("sample.first_token_from_commit is only meaningful for token-shifted "
                      "models (diffusion.token_shift=True)")

@@ -13,12 +13,18 @@ import dataclasses
 
 import numpy as np
 
+from bdiff.sampling import config as config_lib
 from bdiff.sampling import generate as gen
 
 
 def reference_config(config: gen.SamplerConfig) -> gen.SamplerConfig:
-  """The same sampler with every position recomputed every step (``cache="none"``)."""
-  return dataclasses.replace(config, cache="none", cache_refresh=0)
+  """The same sampler with every position recomputed every step (``cache="none"``).
+
+  The caches' own knobs go back to their defaults: the reference reads none of them, and
+  equal references of different modes then share one compiled loop."""
+  knobs = {f.name: f.default for f in dataclasses.fields(config)
+           if f.name in config_lib.MODE_KNOBS}
+  return dataclasses.replace(config, cache="none", cache_refresh=0, **knobs)
 
 
 def token_drift(tokens: np.ndarray, ref_tokens: np.ndarray) -> float:

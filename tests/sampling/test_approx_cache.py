@@ -127,15 +127,20 @@ def test_block_causal_refuses_the_modes(mode):
 
 
 
-# The query-set caches under LLaDA's random remasking (which dkv_greedy needs), every knob
-# set alike, so that both share one compiled no-cache reference per model: unshifted with 2
-# layers, shifted with 1 (the reference keeps the other knobs, which it ignores).
-RANDOM = dict(strategy="static", confidence="random", steps=4,  # 1 position a step
-              window_tokens=4, active_tokens=2, dkv_window_size=1)
+# The query-set caches under LLaDA's random remasking (which dkv_greedy needs), each with its
+# own knobs; the no-cache reference resets them, so both share one compiled reference.
+RANDOM = dict(strategy="static", confidence="random", steps=4)  # 1 position a step
+KNOBS = {"window": dict(window_tokens=4, active_tokens=2), "dkv_greedy": dict(dkv_window_size=1)}
 
 
 def query_sampler(mode, **sample):
-  return sampler(cache=mode, **{**RANDOM, **sample})
+  return sampler(cache=mode, **{**RANDOM, **KNOBS[mode], **sample})
+
+
+def test_modes_share_one_reference():
+  """The no-cache reference drops each mode's knobs (it reads none): one compiled loop."""
+  window, greedy = (drift_lib.reference_config(query_sampler(m)) for m in QUERY_MODES)
+  assert window == greedy and window.cache == "none" and window.window_tokens == 64
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +167,9 @@ def test_query_cache_one_layer_is_exact(prompts, mode):
   recomputed after it was decoded, a K/V written to the wrong slot, a missing predictor, or
   (greedy) a decoded position that was not queried would change the tokens. (Refreshing every
   step, ``cache_refresh=1``, runs only full forwards.)"""
-  # window: no far field and every mask active (greedy ignores the two knobs).
-  cfg = full_cfg(True, cache=mode, **{**RANDOM, "window_tokens": NEW, "active_tokens": NEW})
+  # window: no far field and every mask active.
+  knobs = dict(window_tokens=NEW, active_tokens=NEW) if mode == "window" else KNOBS[mode]
+  cfg = full_cfg(True, cache=mode, **RANDOM, **knobs)
   cfg.model.n_layers = 1
   validate_run_sample_config(cfg)
   config = gen.SamplerConfig.from_config(cfg, eos_id=STOP)
@@ -266,6 +272,10 @@ def test_window_decides_among_the_active_masks_only():
     (dict(cache="window", window_tokens=0), "sample.window_tokens"),
     (dict(cache="window", active_tokens=-1), "sample.active_tokens"),
     (dict(cache="dkv_greedy", **{**RANDOM, "dkv_window_size": -1}), "sample.dkv_window_size"),
+    # A knob another mode reads is refused, not ignored.
+    (dict(cache="prefix", window_tokens=8), "sample.window_tokens=8 only applies"),
+    (dict(cache="window", dkv_window_size=2), "sample.dkv_window_size=2 only applies"),
+    (dict(cache="dkv_greedy", **RANDOM, active_tokens=4), "sample.active_tokens=4 only applies"),
 ])
 def test_query_cache_bad_settings_name_the_key(sample, key):
   cfg = full_cfg(**sample)

@@ -157,9 +157,12 @@ def test_drift_similarity_and_tracking_rules():
     ("cache_track", 0, "sample.cache_track must be an integer >= 1"),
     ("cache_gamma", -0.5, "sample.cache_gamma must be a number >= 0"),
     ("window", 0, "sample.window >= 1"),
+    ("cache", "prefix", "sample.cache_gamma=0.5 only applies"),  # elastic's knobs, refused
 ])
 def test_bad_config_names_the_key(key, value, match):
   cfg = elastic_cfg(**{key: value})
+  if key == "cache":  # another mode with Elastic-Cache's threshold set
+    cfg.sample.cache_gamma = 0.5
   with pytest.raises(ValueError, match=match):
     validate_run_sample_config(cfg)
 
