@@ -17,11 +17,10 @@ from typing import Sequence
 
 import bdiff
 from bdiff import runs
-from bdiff.data import task_names
+from bdiff.data import task_names, training_prompts
 from bdiff.data import tasks as tasks_lib
-from bdiff.data.pipeline import training_prompts
 from bdiff.eval import speed_bench, stats
-from bdiff.eval.tasks import format_table
+from bdiff.eval.tasks import decode_held_out, format_table
 
 COLUMNS = (("task", "{}"), ("items", "{}"), ("length", "{}"), ("n", "{}"),
            ("accuracy", "{:.1f}"), ("ci95", "{}"), ("echo", "{}"))
@@ -62,8 +61,8 @@ def run(sampler: runs.Sampler, names: Sequence[str], n: int, batch: int) -> list
     task = tasks_lib.get_task(name)
     if not isinstance(task, tasks_lib.ListTask):
       raise ValueError(f"--tasks: {name!r} is not a list task (its prompts hold no item list)")
-    examples = tasks_lib.held_out_examples(task, n, cfg.eval.seed, seen.get(name, ()))
-    records = sampler.sample([ex.prompt for ex in examples], batch_size=batch, progress=True)
+    examples, records = decode_held_out(sampler, task, n, cfg.eval.seed, batch,
+                                        seen=seen.get(name, ()), progress=True)
     rows += breakdown(task, examples, [r["text"] for r in records])
   return rows
 

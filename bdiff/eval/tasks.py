@@ -48,18 +48,28 @@ def _warn_if_truncated(sampler: run_lib.Sampler, task: str,
                 "%d; truncated answers are scored wrong", task, need, budget)
 
 
+def decode_held_out(sampler: run_lib.Sampler, task_obj: tasks_lib.Task, num_examples: int,
+                    seed: int, batch_size: int, *, seen: Collection[str] = (),
+                    progress: bool = False) -> tuple[list[tasks_lib.Example], list[dict]]:
+  """``(examples, records)``: ``num_examples`` examples of one task whose prompts are not in
+  ``seen`` (the run's training prompts), and the sampler's record for each."""
+  if num_examples <= 0:
+    raise ValueError(f"eval.num_examples must be positive, got {num_examples}")
+  examples = tasks_lib.held_out_examples(task_obj, num_examples, seed, seen)
+  _warn_if_truncated(sampler, task_obj.name, examples)
+  records = sampler.sample([ex.prompt for ex in examples], batch_size=batch_size,
+                           progress=progress)
+  return examples, records
+
+
 def evaluate_task(sampler: run_lib.Sampler, task: str, num_examples: int, seed: int,
                   batch_size: int, *, seen: Collection[str] = (),
                   progress: bool = False) -> dict:
   """Decode and score ``num_examples`` examples of one task whose prompts are not in ``seen``
   (the run's training prompts); returns its summary row."""
-  if num_examples <= 0:
-    raise ValueError(f"eval.num_examples must be positive, got {num_examples}")
   task_obj = tasks_lib.get_task(task)
-  examples = tasks_lib.held_out_examples(task_obj, num_examples, seed, seen)
-  _warn_if_truncated(sampler, task_obj.name, examples)
-  records = sampler.sample([ex.prompt for ex in examples], batch_size=batch_size,
-                           progress=progress)
+  examples, records = decode_held_out(sampler, task_obj, num_examples, seed, batch_size,
+                                      seen=seen, progress=progress)
   lenient = sum(task_obj.score(ex, r["text"]) for ex, r in zip(examples, records))
   strict = sum(task_obj.score(ex, r["text"], strict=True) for ex, r in zip(examples, records))
   return _summary(task_obj.name, lenient, strict, len(records),
