@@ -53,7 +53,19 @@ def breakdown(task: tasks_lib.ListTask, examples: Sequence[tasks_lib.Example],
   return rows
 
 
-def run(sampler: runs.Sampler, names: Sequence[str], n: int, batch: int) -> list[dict]:
+def training_examples(cfg, task: tasks_lib.Task, n: int) -> list[tasks_lib.Example]:
+  """The first ``n`` of the examples a ``source="tasks"`` run trained on (the same stream
+  ``bdiff.data`` builds its training rows from)."""
+  if cfg.data.source != "tasks":
+    raise ValueError(f"--prompts train needs a data.source='tasks' run, got "
+                     f"{cfg.data.source!r}")
+  return tasks_lib.make_examples(task, min(n, cfg.data.num_task_examples), cfg.train.seed)
+
+
+def run(sampler: runs.Sampler, names: Sequence[str], n: int, batch: int,
+        prompts: str = "held_out") -> list[dict]:
+  """Rows for each task, scored on held-out prompts or (``prompts="train"``) on training
+  prompts: a model that scores much higher on the latter has memorised, not learned."""
   cfg = sampler.cfg
   seen = training_prompts(cfg.data, cfg.train.seed)
   rows = []
@@ -61,10 +73,22 @@ def run(sampler: runs.Sampler, names: Sequence[str], n: int, batch: int) -> list
     task = tasks_lib.get_task(name)
     if not isinstance(task, tasks_lib.ListTask):
       raise ValueError(f"--tasks: {name!r} is not a list task (its prompts hold no item list)")
-    examples, records = decode_held_out(sampler, task, n, cfg.eval.seed, batch,
-                                        seen=seen.get(name, ()), progress=True)
+    if prompts == "train":
+      examples = training_examples(cfg, task, n)
+      records = sampler.sample([ex.prompt for ex in examples], batch_size=batch, progress=True)
+    else:
+      examples, records = decode_held_out(sampler, task, n, cfg.eval.seed, batch,
+                                          seen=seen.get(name, ()), progress=True)
     rows += breakdown(task, examples, [r["text"] for r in records])
   return rows
+
+
+def prompts_text(cfg, args) -> str:
+  if args.prompts == "train":
+    return (f"the first {args.num_examples} training prompts per task (train.seed "
+            f"{cfg.train.seed}): seen in training")
+  return (f"{args.num_examples} held-out prompts per task (eval.seed {cfg.eval.seed}, the "
+          "run's training prompts skipped)")
 
 
 def markdown(rows, cfg, args, command: str) -> str:
@@ -72,8 +96,7 @@ def markdown(rows, cfg, args, command: str) -> str:
       *speed_bench.run_header(f"Error breakdown of {cfg.name} (block {cfg.diffusion.block_size}"
                               f", seq_len {cfg.train.seq_len})", cfg, args.workdir, command),
       f"Decoding: sample.strategy={args.strategy}, one token per forward, greedy; "
-      f"{args.num_examples} held-out prompts per task (eval.seed {cfg.eval.seed}, the run's "
-      "training prompts skipped). ci95 = Wilson 95 % interval; echo = share of the wrong "
+      f"{prompts_text(cfg, args)}. ci95 = Wilson 95 % interval; echo = share of the wrong "
       "answers that are the input list unchanged.", "",
       format_table(rows, COLUMNS), ""])
 
@@ -86,11 +109,13 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--strategy", default="ar", help="sample.strategy at one token a step")
   parser.add_argument("--num_examples", type=int, default=500)
   parser.add_argument("--batch", type=int, default=100)
+  parser.add_argument("--prompts", choices=("held_out", "train"), default="held_out",
+                      help="score held-out prompts, or the run's own training prompts")
   args = parser.parse_args(argv)
   cfg, params, tokenizer = bdiff.restore_params(args.workdir)
   cfg.sample.update(strategy=args.strategy)
   rows = run(runs.Sampler(cfg, params, tokenizer), task_names(args.tasks), args.num_examples,
-             args.batch)
+             args.batch, args.prompts)
   command = speed_bench.experiment_command("error_breakdown", argv)
   speed_bench.write_report(args.out, markdown(rows, cfg, args, command))
   return rows
