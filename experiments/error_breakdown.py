@@ -62,23 +62,29 @@ def training_examples(cfg, task: tasks_lib.Task, n: int) -> list[tasks_lib.Examp
   return tasks_lib.make_examples(task, min(n, cfg.data.num_task_examples), cfg.train.seed)
 
 
+def decode(sampler: runs.Sampler, task: tasks_lib.Task, n: int, batch: int,
+           prompts: str = "held_out") -> tuple[list[tasks_lib.Example], list[dict]]:
+  """``(examples, records)`` on held-out prompts (the run's training prompts skipped, as in
+  ``bdiff eval``) or, with ``prompts="train"``, on the run's own training prompts."""
+  cfg = sampler.cfg
+  if prompts == "train":
+    examples = training_examples(cfg, task, n)
+    return examples, sampler.sample([ex.prompt for ex in examples], batch_size=batch,
+                                    progress=True)
+  seen = training_prompts(cfg.data, cfg.train.seed).get(task.name, ())
+  return decode_held_out(sampler, task, n, cfg.eval.seed, batch, seen=seen, progress=True)
+
+
 def run(sampler: runs.Sampler, names: Sequence[str], n: int, batch: int,
         prompts: str = "held_out") -> list[dict]:
-  """Rows for each task, scored on held-out prompts or (``prompts="train"``) on training
-  prompts: a model that scores much higher on the latter has memorised, not learned."""
-  cfg = sampler.cfg
-  seen = training_prompts(cfg.data, cfg.train.seed)
+  """Rows for each task. A model that scores much higher on its training prompts
+  (``prompts="train"``) than held out has memorised them, not learned the task."""
   rows = []
   for name in names:
     task = tasks_lib.get_task(name)
     if not isinstance(task, tasks_lib.ListTask):
       raise ValueError(f"--tasks: {name!r} is not a list task (its prompts hold no item list)")
-    if prompts == "train":
-      examples = training_examples(cfg, task, n)
-      records = sampler.sample([ex.prompt for ex in examples], batch_size=batch, progress=True)
-    else:
-      examples, records = decode_held_out(sampler, task, n, cfg.eval.seed, batch,
-                                          seen=seen.get(name, ()), progress=True)
+    examples, records = decode(sampler, task, n, batch, prompts)
     rows += breakdown(task, examples, [r["text"] for r in records])
   return rows
 
