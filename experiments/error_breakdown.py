@@ -17,10 +17,10 @@ from typing import Sequence
 
 import bdiff
 from bdiff import runs
-from bdiff.data import task_names, training_prompts
+from bdiff.data import task_names, training_examples, training_prompts
 from bdiff.data import tasks as tasks_lib
 from bdiff.eval import speed_bench, stats
-from bdiff.eval.tasks import decode_held_out, format_table
+from bdiff.eval.tasks import decode_examples, decode_held_out, format_table
 
 COLUMNS = (("task", "{}"), ("items", "{}"), ("length", "{}"), ("n", "{}"),
            ("accuracy", "{:.1f}"), ("ci95", "{}"), ("echo", "{}"))
@@ -53,24 +53,14 @@ def breakdown(task: tasks_lib.ListTask, examples: Sequence[tasks_lib.Example],
   return rows
 
 
-def training_examples(cfg, task: tasks_lib.Task, n: int) -> list[tasks_lib.Example]:
-  """The first ``n`` of the examples a ``source="tasks"`` run trained on (the same stream
-  ``bdiff.data`` builds its training rows from)."""
-  if cfg.data.source != "tasks":
-    raise ValueError(f"--prompts train needs a data.source='tasks' run, got "
-                     f"{cfg.data.source!r}")
-  return tasks_lib.make_examples(task, min(n, cfg.data.num_task_examples), cfg.train.seed)
-
-
 def decode(sampler: runs.Sampler, task: tasks_lib.Task, n: int, batch: int,
            prompts: str = "held_out") -> tuple[list[tasks_lib.Example], list[dict]]:
   """``(examples, records)`` on held-out prompts (the run's training prompts skipped, as in
   ``bdiff eval``) or, with ``prompts="train"``, on the run's own training prompts."""
   cfg = sampler.cfg
   if prompts == "train":
-    examples = training_examples(cfg, task, n)
-    return examples, sampler.sample([ex.prompt for ex in examples], batch_size=batch,
-                                    progress=True)
+    examples = training_examples(cfg.data, task, cfg.train.seed, n)
+    return examples, decode_examples(sampler, task, examples, batch, progress=True)
   seen = training_prompts(cfg.data, cfg.train.seed).get(task.name, ())
   return decode_held_out(sampler, task, n, cfg.eval.seed, batch, seen=seen, progress=True)
 

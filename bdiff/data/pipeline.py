@@ -66,6 +66,17 @@ def training_prompts(cfg: Config, seed: int) -> dict[str, frozenset[str]]:
           for name in task_names(cfg.tasks)}
 
 
+def training_examples(cfg: Config, task: str | tasks_lib.Task, seed: int,
+                      n: int | None = None) -> list[tasks_lib.Example]:
+  """The first ``n`` (default: all) of one task's training examples in a ``source="tasks"``
+  run (``seed`` = its train.seed): the stream its training rows are built from."""
+  if cfg.source != "tasks":
+    raise ValueError(f"training examples need a data.source='tasks' run, got "
+                     f"data.source={cfg.source!r}")
+  total = cfg.num_task_examples
+  return tasks_lib.make_examples(task, total if n is None else min(n, total), seed)
+
+
 @functools.lru_cache(maxsize=32)
 def _task_prompts(name: str, n: int, seed: int) -> frozenset[str]:
   # Cached: an experiment evaluates one run under many settings, and regenerating a suite's

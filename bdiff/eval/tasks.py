@@ -56,10 +56,17 @@ def decode_held_out(sampler: run_lib.Sampler, task_obj: tasks_lib.Task, num_exam
   if num_examples <= 0:
     raise ValueError(f"eval.num_examples must be positive, got {num_examples}")
   examples = tasks_lib.held_out_examples(task_obj, num_examples, seed, seen)
+  return examples, decode_examples(sampler, task_obj, examples, batch_size, progress=progress)
+
+
+def decode_examples(sampler: run_lib.Sampler, task_obj: tasks_lib.Task,
+                    examples: Sequence[tasks_lib.Example], batch_size: int, *,
+                    progress: bool = False) -> list[dict]:
+  """The sampler's record for each example's prompt (warning first when the answer budget
+  cannot hold some reference answers)."""
   _warn_if_truncated(sampler, task_obj.name, examples)
-  records = sampler.sample([ex.prompt for ex in examples], batch_size=batch_size,
-                           progress=progress)
-  return examples, records
+  return sampler.sample([ex.prompt for ex in examples], batch_size=batch_size,
+                        progress=progress)
 
 
 def evaluate_task(sampler: run_lib.Sampler, task: str, num_examples: int, seed: int,

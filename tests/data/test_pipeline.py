@@ -80,6 +80,18 @@ def test_tasks_source_has_disjoint_valid_split():
   assert bundle.fingerprint != _build(cfg, seed=3).fingerprint
 
 
+
+def test_training_examples_are_the_rows_a_task_run_trains_on():
+  cfg = _cfg(source="tasks", tasks="sort,reverse", num_task_examples=50)
+  docs = tasks.task_documents(["sort", "reverse"], 50, 3)  # the texts build_data trains on
+  examples = pipeline.training_examples(cfg, "sort", 3, 20)
+  assert [ex.prompt + ex.answer for ex in examples] == docs[0::2][:20]
+  assert len(pipeline.training_examples(cfg, "sort", 3, 500)) == 50  # all there are
+  assert ({ex.prompt for ex in pipeline.training_examples(cfg, "sort", 3)}
+          == pipeline.training_prompts(cfg, 3)["sort"])
+  with pytest.raises(ValueError, match="data.source"):
+    pipeline.training_examples(_cfg(source="stdlib"), "sort", 3)
+
 def test_text_and_tensorstore_sources(tmp_path):
   for i in range(6):
     (tmp_path / f"doc{i}.txt").write_text(f"text file {i} " * 20)

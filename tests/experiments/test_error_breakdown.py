@@ -1,9 +1,7 @@
 """experiments/error_breakdown.py: the split by list length and repeated items (no model)."""
 import pytest
 
-import bdiff.config
 from bdiff.data import tasks as tasks_lib
-from bdiff.data import training_prompts
 from experiments import error_breakdown
 
 REVERSE = tasks_lib.get_task("reverse")
@@ -31,16 +29,3 @@ def test_outputs_must_pair_with_examples():
   with pytest.raises(ValueError):
     error_breakdown.breakdown(REVERSE, [ex("1 2 3 4")], [])
 
-
-def test_training_examples_are_the_runs_training_prompts():
-  cfg = bdiff.config.base_config()
-  cfg.data.update(source="tasks", tasks="sort,reverse", num_task_examples=50)
-  cfg.train.seed = 3
-  seen = training_prompts(cfg.data, cfg.train.seed)
-  sort = tasks_lib.get_task("sort")
-  examples = error_breakdown.training_examples(cfg, sort, 20)
-  assert len(examples) == 20 and all(ex.prompt in seen["sort"] for ex in examples)
-  assert len(error_breakdown.training_examples(cfg, sort, 500)) == 50  # all there are
-  cfg.data.source = "text"
-  with pytest.raises(ValueError, match="data.source"):
-    error_breakdown.training_examples(cfg, sort, 20)
